@@ -1,0 +1,192 @@
+//! Countersign's tamper-evident audit trail.
+//!
+//! This is the only crate that knows how an audit record is encoded. Every record is sealed
+//! into a SHA-256 hash chain when it is appended (`hash = SHA-256(previous_hash || encoding)`),
+//! so editing, deleting or reordering a stored row is detectable by [`sqlite::verify`].
+//!
+//! Code map:
+//! - [`encoding`]: the canonical byte encoding and [`chain_hash`]; changing it changes every hash.
+//! - [`sqlite`]: the `audit_records` table; `append` runs inside the ledger's write transaction.
+//! - [`sink`]: delivery of sealed records to external consumers (OPA-style decision logs).
+//!   Sinks pull from the table with a cursor, so the table stays the single source of truth.
+#![forbid(unsafe_code)]
+
+pub mod encoding;
+mod error;
+pub mod sink;
+pub mod sqlite;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+pub use encoding::{GENESIS_PREVIOUS_HASH, canonical_json, chain_hash};
+pub use error::AuditError;
+pub use sink::{AuditSink, DecisionLogLabels, JsonlDecisionLog, decision_path};
+pub use sqlite::{BreakKind, BrokenRecord, ChainHead, VerifyReport};
+
+/// Why an audit record exists: a policy decision, or a ledger posting that followed one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecordKind {
+    Decision,
+    Posting,
+}
+
+impl RecordKind {
+    /// The spelling used in the database, the hash encoding and JSON. Never change it: it is
+    /// part of every stored hash.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordKind::Decision => "decision",
+            RecordKind::Posting => "posting",
+        }
+    }
+
+    /// Inverse of [`RecordKind::as_str`]; `None` for anything else.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "decision" => Some(RecordKind::Decision),
+            "posting" => Some(RecordKind::Posting),
+            _ => None,
+        }
+    }
+}
+
+/// What happened to the request the record describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Allow,
+    Deny,
+    Error,
+    Posted,
+}
+
+impl Outcome {
+    /// The spelling used in the database, the hash encoding and JSON. Never change it: it is
+    /// part of every stored hash.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allow => "allow",
+            Outcome::Deny => "deny",
+            Outcome::Error => "error",
+            Outcome::Posted => "posted",
+        }
+    }
+
+    /// Inverse of [`Outcome::as_str`]; `None` for anything else.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "allow" => Some(Outcome::Allow),
+            "deny" => Some(Outcome::Deny),
+            "error" => Some(Outcome::Error),
+            "posted" => Some(Outcome::Posted),
+            _ => None,
+        }
+    }
+}
+
+/// The authenticated client (mTLS certificate) that caused the record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subject {
+    /// Lowercase hex SHA-256 of the client certificate (DER).
+    pub fingerprint_sha256: String,
+    pub common_name: Option<String>,
+    /// Kept in the order the caller gives them; the order is part of the hash.
+    pub roles: Vec<String>,
+}
+
+/// A record as the caller builds it, before it has a place in the chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewRecord {
+    pub record_id: Uuid,
+    pub kind: RecordKind,
+    pub decision_id: Uuid,
+    /// Stored and hashed in UTC; `append` converts other offsets to UTC (same instant).
+    #[serde(with = "encoding::timestamp_serde")]
+    pub timestamp: OffsetDateTime,
+    pub subject: Subject,
+    pub source_address: String,
+    /// e.g. "transfer.create", "account.create", "ledger.seed".
+    pub action: String,
+    /// Already masked by the caller: this crate stores it verbatim (in canonical form).
+    pub masked_input: serde_json::Value,
+    /// The policy decision document or the posting summary.
+    pub result: serde_json::Value,
+    pub bundle_revision: String,
+    pub outcome: Outcome,
+}
+
+/// A record with its place in the hash chain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedRecord {
+    /// 1 for the first record, then consecutive with no gaps.
+    pub sequence: i64,
+    pub record: NewRecord,
+    #[serde(with = "encoding::hash_hex_serde")]
+    pub previous_hash: [u8; 32],
+    #[serde(with = "encoding::hash_hex_serde")]
+    pub hash: [u8; 32],
+}
+
+/// Masks an account number for logs and audit input: only the last 4 characters stay readable,
+/// which is enough for a human to tell accounts apart without exposing the number.
+/// Strings of 4 characters or fewer are masked completely, because their last 4 characters
+/// would be the whole number. Counts characters, not bytes, so the output never splits a
+/// UTF-8 sequence.
+pub fn mask_account_number(account: &str) -> String {
+    const VISIBLE_CHARS: usize = 4;
+    let length_chars = account.chars().count();
+    if length_chars <= VISIBLE_CHARS {
+        return "*".repeat(length_chars);
+    }
+    let hidden_chars = length_chars - VISIBLE_CHARS;
+    let mut masked = "*".repeat(hidden_chars);
+    masked.extend(account.chars().skip(hidden_chars));
+    masked
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mask_account_number_keeps_last_four() {
+        let cases = [
+            ("DE89370400440532013000", "******************3000"),
+            ("12345", "*2345"),
+            ("1234", "****"),
+            ("123", "***"),
+            ("", ""),
+            ("ÄÖÜß12345", "*****2345"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(mask_account_number(input), expected, "input {input:?}");
+        }
+    }
+
+    #[test]
+    fn enum_spellings_round_trip() {
+        for kind in [RecordKind::Decision, RecordKind::Posting] {
+            assert_eq!(RecordKind::parse(kind.as_str()), Some(kind));
+            assert_eq!(
+                serde_json::to_value(kind).ok(),
+                Some(serde_json::Value::from(kind.as_str()))
+            );
+        }
+        for outcome in [
+            Outcome::Allow,
+            Outcome::Deny,
+            Outcome::Error,
+            Outcome::Posted,
+        ] {
+            assert_eq!(Outcome::parse(outcome.as_str()), Some(outcome));
+            assert_eq!(
+                serde_json::to_value(outcome).ok(),
+                Some(serde_json::Value::from(outcome.as_str()))
+            );
+        }
+        assert_eq!(Outcome::parse("ALLOW"), None);
+    }
+}

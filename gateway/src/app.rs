@@ -1,0 +1,204 @@
+//! The assembled application: shared state and the router. `server` puts it behind mTLS;
+//! tests drive exactly this code through a real TLS listener.
+
+use std::{
+    collections::HashSet,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use arc_swap::ArcSwap;
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, MatchedPath, Request, State},
+    middleware::{self, Next},
+    response::Response,
+    routing::{get, post},
+};
+use countersign_ledger::SqliteStore;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::{config::Config, http, metrics::Metrics, policy::PolicyEngine, tls::Identity};
+
+/// Per-connection facts the TLS layer established, attached to every request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub identity: Arc<Identity>,
+    pub remote_address: SocketAddr,
+}
+
+/// State shared by every request.
+pub struct AppState {
+    pub config: Config,
+    pub store: Arc<SqliteStore>,
+    /// Swapped atomically on reload; each decision uses the engine it loaded at its start.
+    pub policy: ArcSwap<PolicyEngine>,
+    pub metrics: Metrics,
+    /// Idempotency keys whose first request is still being processed, per caller.
+    in_flight: Mutex<HashSet<(String, String)>>,
+    shutting_down: AtomicBool,
+}
+
+impl AppState {
+    pub fn new(config: Config, store: Arc<SqliteStore>, policy: PolicyEngine) -> Arc<AppState> {
+        let metrics = Metrics::new();
+        metrics
+            .policy_bundle_info
+            .get_or_create(&vec![
+                ("revision", policy.revision().to_owned()),
+                (
+                    "evaluator",
+                    format!("{:?}", policy.evaluator()).to_lowercase(),
+                ),
+            ])
+            .set(1);
+        Arc::new(AppState {
+            config,
+            store,
+            policy: ArcSwap::from_pointee(policy),
+            metrics,
+            in_flight: Mutex::new(HashSet::new()),
+            shutting_down: AtomicBool::new(false),
+        })
+    }
+
+    /// Claims an idempotency key for the duration of one request; `None` when another
+    /// request with the same key from the same caller is still in flight.
+    pub fn claim_idempotency_key(
+        self: &Arc<Self>,
+        scope: &str,
+        key: &str,
+    ) -> Option<InFlightGuard> {
+        let entry = (scope.to_owned(), key.to_owned());
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if !in_flight.insert(entry.clone()) {
+            return None;
+        }
+        Some(InFlightGuard {
+            state: self.clone(),
+            entry,
+        })
+    }
+
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    /// Ready to take transfers: not draining and the audit trail is writable.
+    pub fn is_ready(&self) -> bool {
+        !self.shutting_down.load(Ordering::SeqCst) && self.store.audit_writable()
+    }
+}
+
+/// Releases an in-flight idempotency key when the request finishes, however it finishes.
+pub struct InFlightGuard {
+    state: Arc<AppState>,
+    entry: (String, String),
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.state
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.entry);
+    }
+}
+
+/// Headers through which a client could try to claim another identity. We never read them,
+/// and strip them so nothing downstream (logs, a future proxied upstream) can be fooled.
+const IDENTITY_HEADERS: &[&str] = &[
+    "x-forwarded-client-cert",
+    "x-client-cert",
+    "x-client-verify",
+    "x-client-dn",
+    "x-ssl-client-cert",
+    "x-ssl-client-dn",
+    "x-ssl-client-verify",
+    "ssl-client-cert",
+    "ssl-client-verify",
+    "x-remote-user",
+    "x-authenticated-user",
+    "x-countersign-identity",
+    "x-countersign-roles",
+];
+
+async fn strip_identity_headers(mut request: Request, next: Next) -> Response {
+    let headers = request.headers_mut();
+    for name in IDENTITY_HEADERS {
+        headers.remove(*name);
+    }
+    next.run(request).await
+}
+
+async fn record_latency(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = request.method().to_string();
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    state
+        .metrics
+        .http_request_duration
+        .get_or_create(&vec![
+            ("route", route),
+            ("method", method),
+            ("status", response.status().as_u16().to_string()),
+        ])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// The application router (behind mTLS). Layers run outside-in in the order listed last-first:
+/// latency is recorded around everything, identity headers are stripped before any handler,
+/// and the body limit applies before a handler buffers a byte.
+pub fn router(state: Arc<AppState>) -> Router {
+    let body_bytes_max = state.config.limits.body_bytes_max;
+    let request_timeout = Duration::from_millis(state.config.limits.request_timeout_ms);
+    Router::new()
+        .route("/v1/transfers", post(http::transfers::create))
+        .route("/v1/transfers/{id}", get(http::transfers::show))
+        .route("/v1/accounts", post(http::accounts::create))
+        .route("/v1/accounts/{id}", get(http::accounts::show))
+        .merge(ops_routes())
+        .layer(DefaultBodyLimit::max(body_bytes_max))
+        .layer(middleware::from_fn(strip_identity_headers))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            request_timeout,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            record_latency,
+        ))
+        .with_state(state)
+}
+
+fn ops_routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/healthz", get(http::ops::healthz))
+        .route("/readyz", get(http::ops::readyz))
+        .route("/metrics", get(http::ops::metrics))
+}
+
+/// The plain-HTTP operations router (probes and metrics only; no business routes).
+pub fn ops_router(state: Arc<AppState>) -> Router {
+    ops_routes()
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            record_latency,
+        ))
+        .with_state(state)
+}

@@ -1,0 +1,289 @@
+//! Command line: `serve`, `audit verify`, `policy test`.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Instant,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use countersign_ledger::SqliteStore;
+
+use crate::{
+    config::{Config, LogConfig, LogFormat},
+    dev,
+    policy::{self, Bundle},
+    server::Gateway,
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "countersign",
+    version,
+    about = "Policy-as-code compliance gateway for bank transfers"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Serve(ServeArgs),
+    /// Audit trail tools.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Policy bundle tools.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// One-command quickstart: throwaway PKI and embedded store under --var.
+    #[arg(long, conflicts_with = "config")]
+    pub dev: bool,
+    /// Configuration file (TOML); COUNTERSIGN__* environment variables override it.
+    #[arg(long, required_unless_present = "dev")]
+    pub config: Option<PathBuf>,
+    /// --dev only: state directory.
+    #[arg(long, default_value = "var")]
+    pub var: PathBuf,
+    /// --dev only: policy bundle directory.
+    #[arg(long, default_value = "policies")]
+    pub bundle: PathBuf,
+    /// --dev only: listen address.
+    #[arg(long, default_value = dev::DEV_LISTEN_ADDRESS)]
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Walk the hash chain and name the first broken sequence number.
+    Verify(StoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// Use the dev store under --var.
+    #[arg(long, conflicts_with_all = ["config", "store"])]
+    pub dev: bool,
+    #[arg(long, conflicts_with = "store")]
+    pub config: Option<PathBuf>,
+    /// Store URL, e.g. sqlite://var/countersign.db
+    #[arg(long)]
+    pub store: Option<String>,
+    #[arg(long, default_value = "var")]
+    pub var: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Run the bundle's `test_*` rules (see `countersign test` in a later release for the
+    /// full `opa test` interface).
+    Test {
+        #[arg(default_value = "policies")]
+        bundle: PathBuf,
+    },
+}
+
+pub fn main(started: Instant) -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli, started) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(log: &LogConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match log.format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Pretty => builder.compact().try_init(),
+    };
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn run(cli: Cli, started: Instant) -> Result<ExitCode> {
+    match cli.command {
+        Command::Serve(args) => serve(args, started),
+        Command::Audit {
+            command: AuditCommand::Verify(args),
+        } => audit_verify(args),
+        Command::Policy {
+            command: PolicyCommand::Test { bundle },
+        } => policy_test(&bundle),
+    }
+}
+
+fn serve(args: ServeArgs, started: Instant) -> Result<ExitCode> {
+    let (config, pki) = if args.dev {
+        let (config, pki) = dev::dev_config(&args.var, args.bundle.clone(), args.listen);
+        init_logging(&config.log);
+        if !args.bundle.join("countersign").exists() && !args.bundle.exists() {
+            bail!(
+                "policy bundle {} not found: run from the repository root or pass --bundle",
+                args.bundle.display()
+            );
+        }
+        dev::ensure_pki(&pki).context("cannot create the dev PKI")?;
+        (config, Some(pki))
+    } else {
+        let path = args.config.expect("clap requires --config without --dev");
+        let config = Config::load(&path, std::env::vars())?;
+        init_logging(&config.log);
+        (config, None)
+    };
+    let runtime = runtime()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen_address)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen_address))?;
+        let ops_listener = match config.ops_listen_address {
+            Some(address) => Some(
+                tokio::net::TcpListener::bind(address)
+                    .await
+                    .with_context(|| format!("cannot listen on {address}"))?,
+            ),
+            None => None,
+        };
+        let listen_address = listener.local_addr()?;
+        let gateway = Gateway::build(config).await?;
+        if let Some(pki) = &pki {
+            let revision = gateway.state.policy.load().revision().to_owned();
+            let created = dev::seed_demo_accounts(&gateway.state.store, &revision).await?;
+            if created > 0 {
+                tracing::info!(accounts = created, "seeded demo accounts");
+            }
+            let elapsed = started.elapsed();
+            println!(
+                "countersign ready on https://{listen_address} in {:.1} ms (dev mode: PKI in {}, store {})",
+                elapsed.as_secs_f64() * 1000.0,
+                pki.directory.display(),
+                gateway.state.config.store.url,
+            );
+            println!("{}", dev::curl_examples(pki, listen_address));
+        } else {
+            let elapsed = started.elapsed();
+            println!(
+                "countersign ready on https://{listen_address} in {:.1} ms",
+                elapsed.as_secs_f64() * 1000.0
+            );
+        }
+        gateway
+            .run(listener, ops_listener, shutdown_signal())
+            .await?;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown signal received");
+}
+
+fn store_path(args: &StoreArgs) -> Result<String> {
+    if let Some(url) = &args.store {
+        return Ok(url
+            .strip_prefix("sqlite://")
+            .context("--store must be sqlite://PATH")?
+            .to_owned());
+    }
+    if let Some(path) = &args.config {
+        let config = Config::load(path, std::env::vars())?;
+        return Ok(config.sqlite_path().to_owned());
+    }
+    Ok(args.var.join("countersign.db").display().to_string())
+}
+
+fn audit_verify(args: StoreArgs) -> Result<ExitCode> {
+    let path = store_path(&args)?;
+    if !Path::new(&path).exists() {
+        bail!("store {path} does not exist");
+    }
+    let runtime = runtime()?;
+    runtime.block_on(async move {
+        let pool = SqliteStore::open_read_only(&path).await?;
+        let report = countersign_audit::sqlite::verify(&pool).await?;
+        match report.first_broken {
+            None => {
+                println!(
+                    "audit chain OK: {} records verified",
+                    report.records_checked
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Some(broken) => {
+                println!(
+                    "audit chain BROKEN at sequence {}: {} ({} records checked before it)",
+                    broken.sequence, broken.reason, report.records_checked
+                );
+                Ok(ExitCode::from(2))
+            }
+        }
+    })
+}
+
+fn policy_test(bundle: &Path) -> Result<ExitCode> {
+    let bundle = Bundle::load(bundle)?;
+    let outcomes = policy::run_bundle_tests(&bundle)?;
+    let mut failed = 0;
+    for outcome in &outcomes {
+        if outcome.passed {
+            println!("{}: PASS", outcome.name);
+        } else {
+            failed += 1;
+            println!(
+                "{}: FAIL ({})",
+                outcome.name,
+                outcome.error.as_deref().unwrap_or("not true")
+            );
+        }
+    }
+    println!("{}", "-".repeat(80));
+    println!("PASS: {}/{}", outcomes.len() - failed, outcomes.len());
+    if failed > 0 {
+        println!("FAIL: {failed}/{}", outcomes.len());
+        return Ok(ExitCode::from(2));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,484 @@
+//! Typed configuration: a TOML file, then environment variables on top.
+//!
+//! Environment variables override file keys: `COUNTERSIGN__TLS__SERVER_CERT=/x` sets
+//! `tls.server_cert`. Keys are matched case-insensitively; values are parsed as TOML
+//! scalars when they look like one (numbers, booleans, arrays) and taken as strings otherwise.
+//! Every error names the key it is about, so an operator can fix it in one go.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+/// Environment prefix; a double underscore separates nesting levels.
+pub const ENV_PREFIX: &str = "COUNTERSIGN__";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("invalid config key `{key}`: {message}")]
+    Key { key: String, message: String },
+}
+
+impl ConfigError {
+    fn key(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Key {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The whole gateway configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address of the mutual-TLS listener for channel traffic.
+    pub listen_address: SocketAddr,
+    /// Optional plain-HTTP listener serving only `/healthz`, `/readyz` and `/metrics`, for
+    /// Kubernetes probes and Prometheus, which do not present client certificates.
+    #[serde(default)]
+    pub ops_listen_address: Option<SocketAddr>,
+    pub tls: TlsConfig,
+    pub policy: PolicyConfig,
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub log: LogConfig,
+    /// How certificate attributes map to roles. A caller with no role can do nothing but
+    /// read health endpoints.
+    #[serde(default)]
+    pub role_mapping: Vec<RoleMapping>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the server certificate chain.
+    pub server_cert: PathBuf,
+    /// PEM file with the server private key (PKCS#8, SEC1 or PKCS#1).
+    pub server_key: PathBuf,
+    /// PEM bundle of the CAs whose client certificates are accepted.
+    pub client_ca_bundle: PathBuf,
+    /// PEM or DER certificate revocation lists; a revoked client is refused at the handshake.
+    #[serde(default)]
+    pub crls: Vec<PathBuf>,
+    /// A client that has not finished the handshake by then is disconnected.
+    #[serde(default = "default_handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+    /// Lowest TLS version offered: "1.3" (default) or "1.2".
+    #[serde(default = "default_tls_min_version")]
+    pub min_version: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// Directory of the Rego bundle.
+    pub bundle: PathBuf,
+    /// A decision that takes longer is abandoned and the transfer denied (fail closed).
+    #[serde(default = "default_decision_timeout_ms")]
+    pub decision_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite://path/to/file.db` (embedded). PostgreSQL comes later.
+    pub url: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Optional JSONL decision-log file (OPA decision-log event fields), fed from the store.
+    #[serde(default)]
+    pub decision_log: Option<PathBuf>,
+}
+
+/// Every bound the gateway enforces, named with its unit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub body_bytes_max: usize,
+    pub headers_max: usize,
+    pub connections_max: usize,
+    pub request_timeout_ms: u64,
+    pub shutdown_drain_ms: u64,
+    pub ledger_queue_commands_max: usize,
+    pub ledger_batch_commands_max: usize,
+    pub audit_relay_batch_records_max: i64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            body_bytes_max: 16 * 1024,
+            headers_max: 64,
+            connections_max: 4096,
+            request_timeout_ms: 10_000,
+            shutdown_drain_ms: 10_000,
+            ledger_queue_commands_max: 4096,
+            ledger_batch_commands_max: 256,
+            audit_relay_batch_records_max: 512,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// "pretty" for people, "json" for an ELK pipeline.
+    pub format: LogFormat,
+    /// A `tracing` filter such as "info" or "countersign=debug,info".
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Pretty,
+            level: "info".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// One rule of the role mapping. Exactly one matcher must be set.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RoleMapping {
+    /// Matches when the subject has this organizational unit (OU).
+    #[serde(default)]
+    pub match_ou: Option<String>,
+    /// Matches when a SAN URI starts with this prefix (e.g. a SPIFFE trust domain path).
+    #[serde(default)]
+    pub match_san_uri_prefix: Option<String>,
+    /// Matches this exact subject common name.
+    #[serde(default)]
+    pub match_common_name: Option<String>,
+    pub roles: Vec<String>,
+}
+
+fn default_handshake_timeout_ms() -> u64 {
+    5_000
+}
+fn default_tls_min_version() -> String {
+    "1.3".to_owned()
+}
+fn default_decision_timeout_ms() -> u64 {
+    50
+}
+
+/// The role names the gateway itself knows about; the policy may use more.
+pub const KNOWN_ROLES: &[&str] = &["channel", "teller", "approver", "auditor", "admin"];
+
+impl Config {
+    /// Reads `path`, applies `COUNTERSIGN__*` variables from `env`, and validates.
+    pub fn load(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut table: toml::Table =
+            text.parse()
+                .map_err(|error: toml::de::Error| ConfigError::Syntax {
+                    path: path.to_owned(),
+                    message: error.message().to_owned(),
+                })?;
+        apply_env(&mut table, env)?;
+        let config = Self::from_table(table)?;
+        // Relative paths in a file are relative to that file, as operators expect.
+        let base = path.parent().unwrap_or(Path::new("."));
+        Ok(config.resolve_paths(base))
+    }
+
+    /// Deserializes and validates an already merged table.
+    pub fn from_table(table: toml::Table) -> Result<Config, ConfigError> {
+        let deserializer = toml::Value::Table(table);
+        let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|error| {
+            let key = error.path().to_string();
+            ConfigError::key(
+                if key == "." { "(root)".to_owned() } else { key },
+                error.into_inner().message().to_owned(),
+            )
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn resolve_paths(mut self, base: &Path) -> Config {
+        let resolve = |path: &mut PathBuf| {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        };
+        resolve(&mut self.tls.server_cert);
+        resolve(&mut self.tls.server_key);
+        resolve(&mut self.tls.client_ca_bundle);
+        self.tls.crls.iter_mut().for_each(resolve);
+        resolve(&mut self.policy.bundle);
+        if let Some(path) = self.audit.decision_log.as_mut() {
+            resolve(path);
+        }
+        if let Some(rest) = self.store.url.strip_prefix("sqlite://")
+            && !rest.starts_with('/')
+            && !rest.starts_with(':')
+        {
+            self.store.url = format!("sqlite://{}", base.join(rest).display());
+        }
+        self
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !matches!(self.tls.min_version.as_str(), "1.2" | "1.3") {
+            return Err(ConfigError::key(
+                "tls.min_version",
+                "must be \"1.3\" or \"1.2\"",
+            ));
+        }
+        if self.tls.handshake_timeout_ms == 0 {
+            return Err(ConfigError::key(
+                "tls.handshake_timeout_ms",
+                "must be greater than 0",
+            ));
+        }
+        if self.policy.decision_timeout_ms == 0 {
+            return Err(ConfigError::key(
+                "policy.decision_timeout_ms",
+                "must be greater than 0",
+            ));
+        }
+        if !self.store.url.starts_with("sqlite://") {
+            return Err(ConfigError::key(
+                "store.url",
+                "only sqlite://PATH is supported by this build",
+            ));
+        }
+        let limits = &self.limits;
+        for (key, value) in [
+            ("limits.body_bytes_max", limits.body_bytes_max),
+            ("limits.headers_max", limits.headers_max),
+            ("limits.connections_max", limits.connections_max),
+            (
+                "limits.ledger_queue_commands_max",
+                limits.ledger_queue_commands_max,
+            ),
+            (
+                "limits.ledger_batch_commands_max",
+                limits.ledger_batch_commands_max,
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::key(key, "must be greater than 0"));
+            }
+        }
+        if limits.body_bytes_max > 1024 * 1024 {
+            return Err(ConfigError::key(
+                "limits.body_bytes_max",
+                "must be at most 1048576 (1 MiB); transfers are small",
+            ));
+        }
+        if limits.audit_relay_batch_records_max <= 0 {
+            return Err(ConfigError::key(
+                "limits.audit_relay_batch_records_max",
+                "must be greater than 0",
+            ));
+        }
+        for (index, mapping) in self.role_mapping.iter().enumerate() {
+            let matchers = [
+                mapping.match_ou.is_some(),
+                mapping.match_san_uri_prefix.is_some(),
+                mapping.match_common_name.is_some(),
+            ];
+            if matchers.iter().filter(|set| **set).count() != 1 {
+                return Err(ConfigError::key(
+                    format!("role_mapping[{index}]"),
+                    "set exactly one of match_ou, match_san_uri_prefix, match_common_name",
+                ));
+            }
+            if mapping.roles.is_empty() {
+                return Err(ConfigError::key(
+                    format!("role_mapping[{index}].roles"),
+                    "must name at least one role",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn sqlite_path(&self) -> &str {
+        self.store
+            .url
+            .strip_prefix("sqlite://")
+            .expect("validated: store.url starts with sqlite://")
+    }
+}
+
+/// Applies `COUNTERSIGN__A__B=value` as `a.b = value`.
+fn apply_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    for (name, raw) in env {
+        let Some(path) = name.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let segments: Vec<String> = path.split("__").map(str::to_ascii_lowercase).collect();
+        let key = segments.join(".");
+        if segments.iter().any(String::is_empty) {
+            return Err(ConfigError::key(
+                key,
+                format!("malformed variable name {name}"),
+            ));
+        }
+        let value = parse_env_value(&raw);
+        let (last, parents) = segments
+            .split_last()
+            .expect("split produced at least one segment");
+        let mut cursor = &mut *table;
+        for segment in parents {
+            let entry = cursor
+                .entry(segment.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            cursor = match entry {
+                toml::Value::Table(inner) => inner,
+                _ => {
+                    return Err(ConfigError::key(
+                        key,
+                        format!("{name} descends into `{segment}`, which is not a table"),
+                    ));
+                }
+            };
+        }
+        cursor.insert(last.clone(), value);
+    }
+    Ok(())
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    // Integers, booleans and arrays keep their TOML type; everything else (including "1.2",
+    // which no numeric key takes) stays a string, so versions and paths are never mangled.
+    if let Ok(integer) = raw.parse::<i64>() {
+        return toml::Value::Integer(integer);
+    }
+    if let Ok(boolean) = raw.parse::<bool>() {
+        return toml::Value::Boolean(boolean);
+    }
+    if raw.trim_start().starts_with('[')
+        && let Ok(mut parsed) = format!("x = {raw}").parse::<toml::Table>()
+        && let Some(value) = parsed.remove("x")
+    {
+        return value;
+    }
+    toml::Value::String(raw.to_owned())
+}
+
+/// The role mapping the dev PKI is issued for; also a sensible example for operators.
+pub fn default_role_mapping() -> Vec<RoleMapping> {
+    KNOWN_ROLES
+        .iter()
+        .map(|role| RoleMapping {
+            match_ou: Some((*role).to_owned()),
+            match_san_uri_prefix: None,
+            match_common_name: None,
+            roles: vec![(*role).to_owned()],
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> toml::Table {
+        r#"
+            listen_address = "127.0.0.1:8443"
+            [tls]
+            server_cert = "server.crt"
+            server_key = "server.key"
+            client_ca_bundle = "ca.crt"
+            [policy]
+            bundle = "policies"
+            [store]
+            url = "sqlite://var/countersign.db"
+        "#
+        .parse()
+        .unwrap()
+    }
+
+    fn check_error(env: &[(&str, &str)], expected_key: &str) {
+        let mut table = base();
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+        let error = apply_env(&mut table, env)
+            .and_then(|()| Config::from_table(table))
+            .expect_err("config should be refused");
+        match error {
+            ConfigError::Key { key, .. } => assert_eq!(key, expected_key),
+            other => panic!("expected a key error, got {other}"),
+        }
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let mut table = base();
+        apply_env(
+            &mut table,
+            [
+                ("COUNTERSIGN__LIMITS__BODY_BYTES_MAX".into(), "2048".into()),
+                ("COUNTERSIGN__TLS__MIN_VERSION".into(), "1.2".into()),
+                ("UNRELATED".into(), "x".into()),
+            ],
+        )
+        .unwrap();
+        let config = Config::from_table(table).unwrap();
+        assert_eq!(config.limits.body_bytes_max, 2048);
+        assert_eq!(config.tls.min_version, "1.2");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        check_error(
+            &[("COUNTERSIGN__LIMITS__BODY_BYTES_MAX", "lots")],
+            "limits.body_bytes_max",
+        );
+        check_error(
+            &[("COUNTERSIGN__LIMITS__BODY_BYTES_MAX", "0")],
+            "limits.body_bytes_max",
+        );
+        check_error(
+            &[("COUNTERSIGN__TLS__MIN_VERSION", "1.1")],
+            "tls.min_version",
+        );
+        check_error(
+            &[("COUNTERSIGN__LISTEN_ADDRESS", "nowhere")],
+            "listen_address",
+        );
+        check_error(&[("COUNTERSIGN__STORE__URL", "mysql://x")], "store.url");
+        check_error(&[("COUNTERSIGN__TLS__SURPRISE", "1")], "tls.surprise");
+        check_error(
+            &[("COUNTERSIGN__POLICY__DECISION_TIMEOUT_MS", "0")],
+            "policy.decision_timeout_ms",
+        );
+    }
+}

@@ -1,0 +1,246 @@
+//! `serve --dev`: a throwaway PKI, an embedded store under `var/`, demo accounts, and the
+//! curl commands that work against them. Nothing here is used in production mode.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use countersign_audit::{NewRecord, Outcome, RecordKind, Subject};
+use countersign_ledger::{
+    AccountId, AccountStatus, Amount, Currency, LedgerError, NewAccount, SeedTransfer, SqliteStore,
+};
+use serde_json::json;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::{
+    config::{AuditConfig, Config, Limits, LogConfig, PolicyConfig, StoreConfig, TlsConfig},
+    pki::{DevPki, PkiError},
+};
+
+pub const DEV_LISTEN_ADDRESS: &str = "127.0.0.1:8443";
+
+/// Demo accounts: (id, currency, status, overdraft allowed, opening balance).
+/// The `SYSTEM-FUNDING-*` accounts are the bank's own and fund the others, so every
+/// balance has a double-entry origin and Σ balances per currency stays zero.
+pub const DEMO_ACCOUNTS: &[(&str, &str, AccountStatus, bool, &str)] = &[
+    (
+        "SYSTEM-FUNDING-EUR",
+        "EUR",
+        AccountStatus::Active,
+        true,
+        "0",
+    ),
+    (
+        "SYSTEM-FUNDING-GBP",
+        "GBP",
+        AccountStatus::Active,
+        true,
+        "0",
+    ),
+    (
+        "DE89370400440532013000",
+        "EUR",
+        AccountStatus::Active,
+        false,
+        "2500000.00",
+    ),
+    (
+        "FR1420041010050500013M02606",
+        "EUR",
+        AccountStatus::Active,
+        false,
+        "10000.00",
+    ),
+    (
+        "DE75512108001245126199",
+        "EUR",
+        AccountStatus::Frozen,
+        false,
+        "500.00",
+    ),
+    (
+        "GB29NWBK60161331926819",
+        "GBP",
+        AccountStatus::Active,
+        false,
+        "50000.00",
+    ),
+    (
+        "GB82WEST12345698765432",
+        "GBP",
+        AccountStatus::Active,
+        false,
+        "0",
+    ),
+];
+
+/// The configuration `serve --dev` runs with, rooted at `var_directory`.
+pub fn dev_config(
+    var_directory: &Path,
+    bundle: PathBuf,
+    listen_address: SocketAddr,
+) -> (Config, DevPki) {
+    let pki = DevPki {
+        directory: var_directory.join("dev-pki"),
+    };
+    let config = Config {
+        listen_address,
+        ops_listen_address: None,
+        tls: TlsConfig {
+            server_cert: pki.server_certificate(),
+            server_key: pki.server_key(),
+            client_ca_bundle: pki.ca_certificate(),
+            crls: Vec::new(),
+            handshake_timeout_ms: 5_000,
+            min_version: "1.3".into(),
+        },
+        policy: PolicyConfig {
+            bundle,
+            decision_timeout_ms: 50,
+        },
+        store: StoreConfig {
+            url: format!(
+                "sqlite://{}",
+                var_directory.join("countersign.db").display()
+            ),
+        },
+        audit: AuditConfig {
+            decision_log: Some(var_directory.join("decision-log.jsonl")),
+        },
+        limits: Limits::default(),
+        log: LogConfig::default(),
+        role_mapping: crate::config::default_role_mapping(),
+    };
+    (config, pki)
+}
+
+pub fn ensure_pki(pki: &DevPki) -> Result<(), PkiError> {
+    DevPki::ensure(&pki.directory).map(|_| ())
+}
+
+fn system_subject() -> Subject {
+    Subject {
+        fingerprint_sha256: "system".into(),
+        common_name: Some("countersign-dev-seed".into()),
+        roles: vec!["system".into()],
+    }
+}
+
+/// An audit record for an operator action taken by the system itself (seeding, status).
+pub fn system_record(
+    action: &str,
+    masked_input: serde_json::Value,
+    bundle_revision: &str,
+) -> NewRecord {
+    NewRecord {
+        record_id: Uuid::now_v7(),
+        kind: RecordKind::Decision,
+        decision_id: Uuid::now_v7(),
+        timestamp: OffsetDateTime::now_utc(),
+        subject: system_subject(),
+        source_address: "local".into(),
+        action: action.to_owned(),
+        masked_input,
+        result: json!({"allow": true, "reasons": []}),
+        bundle_revision: bundle_revision.to_owned(),
+        outcome: Outcome::Allow,
+    }
+}
+
+/// Creates the demo accounts that do not exist yet and funds them from the system accounts.
+pub async fn seed_demo_accounts(
+    store: &SqliteStore,
+    bundle_revision: &str,
+) -> Result<usize, LedgerError> {
+    let mut created = 0;
+    for (id, currency, status, overdraft_allowed, opening) in DEMO_ACCOUNTS {
+        let id = AccountId::parse(id).expect("demo account ids are valid");
+        if store.account(&id).await?.is_some() {
+            continue;
+        }
+        let currency = Currency::parse(currency).expect("demo currencies are valid");
+        let record = NewRecord {
+            record_id: Uuid::now_v7(),
+            kind: RecordKind::Decision,
+            decision_id: Uuid::now_v7(),
+            timestamp: OffsetDateTime::now_utc(),
+            subject: system_subject(),
+            source_address: "local".into(),
+            action: "account.create".into(),
+            masked_input: json!({"action": "account.create", "account": {
+                "id": countersign_audit::mask_account_number(id.as_str()),
+                "currency": currency.code(), "status": status, "overdraft_allowed": overdraft_allowed}}),
+            result: json!({"allow": true, "reasons": [], "rule": "dev seed"}),
+            bundle_revision: bundle_revision.to_owned(),
+            outcome: Outcome::Allow,
+        };
+        // Open active, fund, then apply the demo status (a frozen account still has money).
+        store
+            .create_account(
+                NewAccount {
+                    id: id.clone(),
+                    currency,
+                    overdraft_allowed: *overdraft_allowed,
+                    status: AccountStatus::Active,
+                },
+                record,
+            )
+            .await?;
+        created += 1;
+        if *opening != "0" {
+            let amount = Amount::parse(opening, currency).expect("demo amounts are valid");
+            let funding = AccountId::parse(&format!("SYSTEM-FUNDING-{}", currency.code()))
+                .expect("funding account id is valid");
+            store
+                .seed_transfer(SeedTransfer {
+                    transfer_id: Uuid::now_v7(),
+                    debit_account: funding,
+                    credit_account: id.clone(),
+                    amount,
+                    remittance_info: Some("dev opening balance".into()),
+                })
+                .await?;
+        }
+        if *status != AccountStatus::Active {
+            let record = system_record(
+                "account.set_status",
+                json!({"account": countersign_audit::mask_account_number(id.as_str()), "status": status}),
+                bundle_revision,
+            );
+            store.set_account_status(&id, *status, record).await?;
+        }
+    }
+    Ok(created)
+}
+
+/// The copy-pasteable commands printed when the dev server is ready.
+pub fn curl_examples(pki: &DevPki, listen_address: SocketAddr) -> String {
+    let base = format!("https://localhost:{}", listen_address.port());
+    let tls = |role: &str| {
+        format!(
+            "--cert {} --key {} --cacert {}",
+            pki.client_certificate(role).display(),
+            pki.client_key(role).display(),
+            pki.ca_certificate().display()
+        )
+    };
+    let channel = tls("channel");
+    format!(
+        "\
+# an allowed transfer (201); run it again: same Idempotency-Key, same response, posted once
+curl -sS {channel} -H 'Content-Type: application/json' -H 'Idempotency-Key: quickstart-allowed-1' \\
+  -d '{{\"debit_account\":\"DE89370400440532013000\",\"credit_account\":\"FR1420041010050500013M02606\",\"amount\":\"250.00\",\"currency\":\"EUR\",\"purpose\":\"SUPP\"}}' \\
+  {base}/v1/transfers
+# over the single-transfer limit of 1,000,000.00 (403 with reasons)
+curl -sS {channel} -H 'Content-Type: application/json' -H 'Idempotency-Key: quickstart-over-limit-1' \\
+  -d '{{\"debit_account\":\"DE89370400440532013000\",\"credit_account\":\"FR1420041010050500013M02606\",\"amount\":\"1500000.00\",\"currency\":\"EUR\"}}' \\
+  {base}/v1/transfers
+# balances
+curl -sS {channel} {base}/v1/accounts/DE89370400440532013000
+# the audit trail's integrity, offline (stop the server first or run it alongside)
+countersign audit verify --dev
+"
+    )
+}

@@ -1,0 +1,190 @@
+//! The one place where errors become HTTP responses: status, machine-readable `code`,
+//! human `message`, and extra fields for policy denials. Handlers return `ApiError` and
+//! never build error responses themselves.
+
+use axum::{
+    Json,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use countersign_ledger::{DomainError, LedgerError, Reason};
+use serde_json::json;
+use uuid::Uuid;
+
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400: the request is not well-formed (missing header, unparseable JSON).
+    BadRequest {
+        code: &'static str,
+        message: String,
+    },
+    /// 401: no identity (should not happen behind mTLS; defensive).
+    Unauthenticated,
+    /// 403: the caller lacks a role the gateway itself requires.
+    RoleRequired {
+        roles: &'static [&'static str],
+    },
+    /// 403: the policy refused; carries the decision id and reasons.
+    PolicyDenied {
+        decision_id: Uuid,
+        reasons: Vec<Reason>,
+    },
+    NotFound {
+        code: &'static str,
+        message: String,
+    },
+    /// 409: conflicts with the current state (duplicate, in flight).
+    Conflict {
+        code: &'static str,
+        message: String,
+    },
+    PayloadTooLarge {
+        limit_bytes: usize,
+    },
+    UnsupportedMediaType,
+    /// 422: well-formed but semantically invalid; nothing was written.
+    Unprocessable {
+        code: &'static str,
+        message: String,
+    },
+    /// 503: the store or audit trail cannot take writes; nothing was written (fail closed).
+    Unavailable {
+        code: &'static str,
+        message: String,
+    },
+    Internal {
+        message: String,
+    },
+}
+
+impl ApiError {
+    pub fn unprocessable(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::Unprocessable {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ApiError::RoleRequired { .. } | ApiError::PolicyDenied { .. } => StatusCode::FORBIDDEN,
+            ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The JSON body; also what an idempotent replay of a denial returns.
+    pub fn body(&self) -> serde_json::Value {
+        match self {
+            ApiError::BadRequest { code, message }
+            | ApiError::NotFound { code, message }
+            | ApiError::Conflict { code, message }
+            | ApiError::Unprocessable { code, message }
+            | ApiError::Unavailable { code, message } => json!({"code": code, "message": message}),
+            ApiError::Unauthenticated => json!({
+                "code": "identity.missing",
+                "message": "a verified client certificate is required",
+            }),
+            ApiError::RoleRequired { roles } => json!({
+                "code": "role.required",
+                "message": format!("this operation requires one of the roles: {}", roles.join(", ")),
+            }),
+            ApiError::PolicyDenied {
+                decision_id,
+                reasons,
+            } => json!({
+                "code": "policy.denied",
+                "message": "refused by policy",
+                "decision_id": decision_id,
+                "reasons": reasons,
+            }),
+            ApiError::PayloadTooLarge { limit_bytes } => json!({
+                "code": "body.too_large",
+                "message": format!("request body exceeds {limit_bytes} bytes"),
+            }),
+            ApiError::UnsupportedMediaType => json!({
+                "code": "content_type.unsupported",
+                "message": "Content-Type must be application/json",
+            }),
+            ApiError::Internal { .. } => json!({
+                "code": "internal",
+                "message": "internal error; the request was not completed",
+            }),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal { message } = &self {
+            tracing::error!(error = %message, "internal error");
+        }
+        let mut response = (self.status(), Json(self.body())).into_response();
+        if matches!(self, ApiError::Unavailable { .. }) {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl From<DomainError> for ApiError {
+    fn from(error: DomainError) -> Self {
+        ApiError::Unprocessable {
+            code: error.code(),
+            message: error.to_string(),
+        }
+    }
+}
+
+impl From<LedgerError> for ApiError {
+    fn from(error: LedgerError) -> Self {
+        match error {
+            LedgerError::AccountNotFound(id) => ApiError::Unprocessable {
+                code: "account.not_found",
+                message: format!(
+                    "account {} does not exist",
+                    countersign_audit::mask_account_number(&id.to_string())
+                ),
+            },
+            LedgerError::AccountExists(id) => ApiError::Conflict {
+                code: "account.exists",
+                message: format!("account {id} already exists"),
+            },
+            LedgerError::IdempotencyConflict { .. } => ApiError::Unprocessable {
+                code: "idempotency_key.reused",
+                message: "this Idempotency-Key was already used with a different request body"
+                    .into(),
+            },
+            LedgerError::Overloaded => ApiError::Unavailable {
+                code: "ledger.overloaded",
+                message: "the ledger queue is full; retry shortly".into(),
+            },
+            LedgerError::ShuttingDown => ApiError::Unavailable {
+                code: "ledger.shutting_down",
+                message: "the gateway is shutting down".into(),
+            },
+            other => ApiError::Unavailable {
+                code: "store.unavailable",
+                message: format!(
+                    "the ledger or audit trail cannot be written; nothing was posted ({other})"
+                ),
+            },
+        }
+    }
+}

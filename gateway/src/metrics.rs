@@ -1,0 +1,126 @@
+//! Prometheus metrics in the text exposition format.
+
+use std::sync::atomic::AtomicI64;
+
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+type Labels = Vec<(&'static str, String)>;
+type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 50 µs .. ~13 s: decisions are µs, durable commits ms, timeouts seconds.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 18))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub http_request_duration: HistogramFamily,
+    pub decisions: Family<Labels, Counter>,
+    pub decision_reasons: Family<Labels, Counter>,
+    pub policy_evaluation_duration: Histogram,
+    pub ledger_commit_duration: Histogram,
+    pub audit_backlog_records: Gauge<i64, AtomicI64>,
+    pub tls_handshake_failures: Family<Labels, Counter>,
+    pub policy_bundle_info: Family<Labels, Gauge<i64, AtomicI64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("countersign");
+        let http_request_duration =
+            HistogramFamily::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by route, method and status",
+            http_request_duration.clone(),
+        );
+        let decisions = Family::<Labels, Counter>::default();
+        registry.register(
+            "decisions",
+            "Policy decisions by action and outcome (allow, deny, error)",
+            decisions.clone(),
+        );
+        let decision_reasons = Family::<Labels, Counter>::default();
+        registry.register(
+            "decision_reasons",
+            "Deny reasons by reason code",
+            decision_reasons.clone(),
+        );
+        let policy_evaluation_duration = latency_histogram();
+        registry.register(
+            "policy_evaluation_duration_seconds",
+            "Time to evaluate one policy decision",
+            policy_evaluation_duration.clone(),
+        );
+        let ledger_commit_duration = latency_histogram();
+        registry.register(
+            "ledger_commit_duration_seconds",
+            "Time from submitting a ledger command to its durable commit",
+            ledger_commit_duration.clone(),
+        );
+        let audit_backlog_records = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "audit_backlog_records",
+            "Audit records committed but not yet delivered to every sink",
+            audit_backlog_records.clone(),
+        );
+        let tls_handshake_failures = Family::<Labels, Counter>::default();
+        registry.register(
+            "tls_handshake_failures",
+            "Refused or failed TLS handshakes by reason",
+            tls_handshake_failures.clone(),
+        );
+        let policy_bundle_info = Family::<Labels, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "policy_bundle_info",
+            "The active policy bundle revision and evaluator (value 1)",
+            policy_bundle_info.clone(),
+        );
+        Metrics {
+            registry,
+            http_request_duration,
+            decisions,
+            decision_reasons,
+            policy_evaluation_duration,
+            ledger_commit_duration,
+            audit_backlog_records,
+            tls_handshake_failures,
+            policy_bundle_info,
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+
+    pub fn record_decision(&self, action: &str, outcome: &str, reason_codes: &[String]) {
+        self.decisions
+            .get_or_create(&vec![
+                ("action", action.to_owned()),
+                ("outcome", outcome.to_owned()),
+            ])
+            .inc();
+        for code in reason_codes {
+            self.decision_reasons
+                .get_or_create(&vec![("reason", code.clone())])
+                .inc();
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! The mutual-TLS front door: accept, handshake (bounded), read the caller's identity from
+//! the verified certificate, serve HTTP/1.1 or HTTP/2 on the connection, drain on shutdown.
+//!
+//! Lifecycle (mini-redis style): `Gateway::build` opens the store and compiles the policy;
+//! `Gateway::run(listener, ops_listener, shutdown)` serves until `shutdown` resolves, then
+//! stops accepting, lets in-flight requests finish within `limits.shutdown_drain_ms`,
+//! flushes the ledger writer and the audit sinks, and returns.
+
+use std::{
+    future::Future,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use axum::Router;
+use countersign_ledger::{SqliteStore, StoreLimits};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+    service::TowerToHyperService,
+};
+use rustls::ServerConfig;
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{Semaphore, watch},
+};
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+use crate::{
+    app::{self, AppState, Caller},
+    config::Config,
+    policy::{Bundle, PolicyEngine, TRANSFER_DECISION},
+    relay,
+    tls::{self, Identity},
+};
+
+/// HTTP/2 streams per connection: bounds the work one client can queue.
+const HTTP2_STREAMS_MAX: u32 = 256;
+const HTTP2_HEADER_LIST_BYTES_MAX: u32 = 16 * 1024;
+const HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
+    #[error("store: {0}")]
+    Store(#[from] countersign_ledger::LedgerError),
+    #[error("cannot listen: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("audit: {0}")]
+    Audit(#[from] countersign_audit::AuditError),
+}
+
+/// A gateway ready to serve.
+pub struct Gateway {
+    pub state: Arc<AppState>,
+    tls: Arc<ServerConfig>,
+}
+
+impl Gateway {
+    pub async fn build(config: Config) -> Result<Gateway, StartError> {
+        let tls = tls::server_config(&config.tls)?;
+        let bundle = Bundle::load(&config.policy.bundle)?;
+        let policy = PolicyEngine::compile(
+            &bundle,
+            TRANSFER_DECISION,
+            Duration::from_millis(config.policy.decision_timeout_ms),
+        )?;
+        let store = SqliteStore::open(
+            config.sqlite_path(),
+            StoreLimits {
+                queue_commands_max: config.limits.ledger_queue_commands_max,
+                batch_commands_max: config.limits.ledger_batch_commands_max,
+                ..StoreLimits::default()
+            },
+        )
+        .await?;
+        tracing::info!(
+            bundle_revision = policy.revision(),
+            evaluator = ?policy.evaluator(),
+            store = %config.store.url,
+            "gateway built"
+        );
+        Ok(Gateway {
+            state: AppState::new(config, Arc::new(store), policy),
+            tls,
+        })
+    }
+
+    /// Serves until `shutdown` resolves, then drains and flushes.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        ops_listener: Option<TcpListener>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), StartError> {
+        let state = self.state;
+        let limits = state.config.limits.clone();
+        let (stop_sender, stop) = watch::channel(false);
+
+        // The relay has its own stop signal: it must outlive the connections and the ledger
+        // writer so that it delivers the last records they commit.
+        let (relay_stop_sender, relay_stop) = watch::channel(false);
+        let relay = match &state.config.audit.decision_log {
+            Some(path) => Some(tokio::spawn(relay::run(
+                state.clone(),
+                relay::open_decision_log(path).await?,
+                relay_stop,
+            ))),
+            None => None,
+        };
+        let ops = ops_listener.map(|listener| {
+            let router = app::ops_router(state.clone());
+            let mut stop = stop.clone();
+            tokio::spawn(async move {
+                let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|stopping| *stopping).await;
+                });
+                if let Err(error) = serve.await {
+                    tracing::error!(error = %error, "operations listener failed");
+                }
+            })
+        });
+
+        let router = app::router(state.clone());
+        let acceptor = TlsAcceptor::from(self.tls);
+        let connection_slots = Arc::new(Semaphore::new(limits.connections_max));
+        let handshake_timeout = Duration::from_millis(state.config.tls.handshake_timeout_ms);
+        tokio::pin!(shutdown);
+        loop {
+            let accepted = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => accepted,
+            };
+            let (stream, remote_address) = match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = connection_slots.clone().try_acquire_owned() else {
+                tracing::warn!(%remote_address, connections_max = limits.connections_max, "connection limit reached; refusing");
+                continue;
+            };
+            let connection = ConnectionTask {
+                state: state.clone(),
+                acceptor: acceptor.clone(),
+                router: router.clone(),
+                handshake_timeout,
+                stop: stop.clone(),
+            };
+            tokio::spawn(async move {
+                connection.serve(stream, remote_address).await;
+                drop(slot);
+            });
+        }
+
+        // Drain: stop taking transfers, ask every connection to finish, wait with a bound.
+        tracing::info!("shutting down: draining connections");
+        state.begin_shutdown();
+        let _ = stop_sender.send(true);
+        drop(listener);
+        let drain = Duration::from_millis(limits.shutdown_drain_ms);
+        let all_slots = u32::try_from(limits.connections_max).unwrap_or(u32::MAX);
+        if tokio::time::timeout(drain, connection_slots.acquire_many(all_slots))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                drain_ms = limits.shutdown_drain_ms,
+                "drain bound reached; closing remaining connections"
+            );
+        }
+        if let Err(error) = state.store.stop_writer().await {
+            tracing::error!(error = %error, "ledger writer did not shut down cleanly");
+        }
+        // Everything is committed now; let the relay deliver it, then close the store.
+        let _ = relay_stop_sender.send(true);
+        if let Some(relay) = relay {
+            let _ = relay.await;
+        }
+        state.store.close_reads().await;
+        if let Some(ops) = ops {
+            let _ = ops.await;
+        }
+        tracing::info!("shutdown complete");
+        Ok(())
+    }
+}
+
+struct ConnectionTask {
+    state: Arc<AppState>,
+    acceptor: TlsAcceptor,
+    router: Router,
+    handshake_timeout: Duration,
+    stop: watch::Receiver<bool>,
+}
+
+impl ConnectionTask {
+    async fn serve(self, stream: TcpStream, remote_address: SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        let started = Instant::now();
+        let tls_stream = match tokio::time::timeout(
+            self.handshake_timeout,
+            self.acceptor.accept(stream),
+        )
+        .await
+        {
+            Ok(Ok(tls_stream)) => tls_stream,
+            Ok(Err(error)) => {
+                self.handshake_failed(remote_address, "refused", &error.to_string());
+                return;
+            }
+            Err(_) => {
+                self.handshake_failed(remote_address, "timeout", "handshake timed out");
+                return;
+            }
+        };
+        let (_, session) = tls_stream.get_ref();
+        let identity = session
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .ok_or_else(|| "no client certificate".to_owned())
+            .and_then(|leaf| {
+                Identity::from_verified_certificate(leaf, &self.state.config.role_mapping)
+                    .map_err(|error| error.to_string())
+            });
+        let identity = match identity {
+            Ok(identity) => Arc::new(identity),
+            Err(message) => {
+                self.handshake_failed(remote_address, "identity", &message);
+                return;
+            }
+        };
+        tracing::debug!(
+            %remote_address,
+            common_name = ?identity.common_name,
+            roles = ?identity.roles,
+            handshake_us = started.elapsed().as_micros() as u64,
+            "client connected"
+        );
+        let caller = Caller {
+            identity,
+            remote_address,
+        };
+        let service = self.router.clone().map_request(
+            move |mut request: axum::extract::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(caller.clone());
+                request
+            },
+        );
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_millis(HEADER_READ_TIMEOUT_MS))
+            .max_headers(self.state.config.limits.headers_max);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(HTTP2_STREAMS_MAX)
+            .max_header_list_size(HTTP2_HEADER_LIST_BYTES_MAX);
+        let connection =
+            builder.serve_connection(TokioIo::new(tls_stream), TowerToHyperService::new(service));
+        tokio::pin!(connection);
+        let mut stop = self.stop.clone();
+        let stopping = async move {
+            // The guard `wait_for` returns is not Send; drop it before the select resumes.
+            let _ = stop.wait_for(|stopping| *stopping).await;
+        };
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(error) = result {
+                    tracing::debug!(%remote_address, error = %error, "connection ended with an error");
+                }
+            }
+            () = stopping => {
+                connection.as_mut().graceful_shutdown();
+                let _ = connection.await;
+            }
+        }
+    }
+
+    fn handshake_failed(&self, remote_address: SocketAddr, reason: &'static str, message: &str) {
+        tracing::info!(%remote_address, reason, error = %message, "TLS handshake refused");
+        self.state
+            .metrics
+            .tls_handshake_failures
+            .get_or_create(&vec![("reason", reason.to_owned())])
+            .inc();
+    }
+}

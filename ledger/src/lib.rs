@@ -1,0 +1,38 @@
+//! Countersign's double-entry ledger.
+//!
+//! Code map:
+//! - [`money`], [`account`]: domain types with private fields and fallible constructors
+//!   (`Currency::parse`, `Amount::parse`, `AccountId::parse`). Holding one means it is valid.
+//! - [`transfer`]: transfers, and the command/outcome types of submitting one.
+//! - [`store`]: the [`LedgerStore`] trait and [`SqliteStore`], one SQLite file with a single
+//!   group-committing writer task.
+//!
+//! Invariants (asserted; a violation panics the writer rather than posting a wrong balance):
+//! - Money is `i64` minor units with checked arithmetic; there is no float.
+//! - Every posting writes one debit and one credit entry of the same amount and currency;
+//!   per batch, Σ debits == Σ credits per currency, checked on what was written before COMMIT.
+//! - A balance changes only together with an entry, and only by the writer.
+//! - The policy decision, the posting, their audit records and the idempotency row of a
+//!   transfer commit in one transaction, or none of them do.
+//!
+//! Deliberately absent: HTTP, TLS, policy evaluation (the gateway passes a `decide` callback),
+//! and the encoding of audit records (only `countersign_audit` knows it).
+#![forbid(unsafe_code)]
+
+pub mod account;
+pub mod error;
+pub mod money;
+pub mod store;
+pub mod transfer;
+
+pub use account::{Account, AccountId, AccountState, AccountStatus, NewAccount};
+pub use error::{DomainError, LedgerError};
+pub use money::{Amount, Currency, format_minor};
+pub use store::{
+    CurrencyTotals, InvariantReport, LedgerStore, NO_POLICY_BUNDLE, SYSTEM_SUBJECT, SqliteStore,
+    StoreLimits, WriterStats,
+};
+pub use transfer::{
+    Decide, DecisionContext, IdempotencyClaim, IdempotencyOutcome, Reason, SeedTransfer,
+    StoredIdempotency, Transfer, TransferCommand, TransferOutcome, Verdict, reason_codes,
+};

@@ -1,0 +1,189 @@
+//! Whole-ledger invariant check, read from one snapshot. Used by tests and `audit verify`.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use sqlx::Row;
+use sqlx::sqlite::SqliteConnection;
+
+use crate::error::LedgerError;
+
+/// Violations kept in a report; more are counted in `violations_total` but not described.
+pub const INVARIANT_VIOLATIONS_REPORTED_MAX: usize = 100;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CurrencyTotals {
+    pub currency: String,
+    pub debits_minor: i128,
+    pub credits_minor: i128,
+    /// Sum of all account balances in this currency. Every account starts at zero and moves
+    /// only by balanced postings, so this is zero; money enters through system accounts
+    /// with overdraft allowed, whose negative balance mirrors the money handed out.
+    pub balances_minor: i128,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InvariantReport {
+    pub accounts_checked: i64,
+    pub transfers_checked: i64,
+    pub entries_checked: i64,
+    pub currencies: Vec<CurrencyTotals>,
+    /// Human-readable descriptions (account ids masked), at most
+    /// `INVARIANT_VIOLATIONS_REPORTED_MAX`.
+    pub violations: Vec<String>,
+    pub violations_total: usize,
+}
+
+impl InvariantReport {
+    pub fn is_ok(&self) -> bool {
+        self.violations_total == 0
+    }
+
+    fn violation(&mut self, description: String) {
+        self.violations_total += 1;
+        if self.violations.len() < INVARIANT_VIOLATIONS_REPORTED_MAX {
+            self.violations.push(description);
+        }
+    }
+}
+
+fn totals_of(
+    currencies: &mut BTreeMap<String, CurrencyTotals>,
+    currency: String,
+) -> &mut CurrencyTotals {
+    currencies
+        .entry(currency.clone())
+        .or_insert_with(|| CurrencyTotals {
+            currency,
+            debits_minor: 0,
+            credits_minor: 0,
+            balances_minor: 0,
+        })
+}
+
+fn masked(id: &str) -> String {
+    countersign_audit::mask_account_number(id)
+}
+
+/// Runs every check on `connection`; the caller wraps it in one read transaction.
+pub(crate) async fn check(
+    connection: &mut SqliteConnection,
+) -> Result<InvariantReport, LedgerError> {
+    let mut report = InvariantReport {
+        accounts_checked: 0,
+        transfers_checked: 0,
+        entries_checked: 0,
+        currencies: Vec::new(),
+        violations: Vec::new(),
+        violations_total: 0,
+    };
+
+    // Σ debits == Σ credits per currency, and Σ balances == 0 per currency.
+    let entry_rows = sqlx::query(
+        "SELECT currency, \
+                COALESCE(SUM(CASE WHEN direction = 'debit' THEN amount_minor END), 0) AS debits, \
+                COALESCE(SUM(CASE WHEN direction = 'credit' THEN amount_minor END), 0) AS credits, \
+                COUNT(*) AS entries \
+         FROM entries GROUP BY currency ORDER BY currency",
+    )
+    .fetch_all(&mut *connection)
+    .await?;
+    let balance_rows = sqlx::query(
+        "SELECT currency, SUM(balance_minor) AS balances FROM accounts \
+         GROUP BY currency ORDER BY currency",
+    )
+    .fetch_all(&mut *connection)
+    .await?;
+    let mut currencies = BTreeMap::<String, CurrencyTotals>::new();
+    for row in &entry_rows {
+        let totals = totals_of(&mut currencies, row.try_get("currency")?);
+        totals.debits_minor = i128::from(row.try_get::<i64, _>("debits")?);
+        totals.credits_minor = i128::from(row.try_get::<i64, _>("credits")?);
+        report.entries_checked += row.try_get::<i64, _>("entries")?;
+    }
+    for row in &balance_rows {
+        let totals = totals_of(&mut currencies, row.try_get("currency")?);
+        totals.balances_minor = i128::from(row.try_get::<i64, _>("balances")?);
+    }
+    for totals in currencies.values() {
+        if totals.debits_minor != totals.credits_minor {
+            report.violation(format!(
+                "{}: debits {} != credits {}",
+                totals.currency, totals.debits_minor, totals.credits_minor
+            ));
+        }
+        if totals.balances_minor != 0 {
+            report.violation(format!(
+                "{}: account balances sum to {}, not 0",
+                totals.currency, totals.balances_minor
+            ));
+        }
+    }
+    report.currencies = currencies.into_values().collect();
+
+    // Each balance is credits - debits of its own entries, in its own currency, and is not
+    // negative unless overdraft is allowed.
+    let account_rows = sqlx::query(
+        "SELECT a.id, a.balance_minor, a.overdraft_allowed, \
+                COALESCE(SUM(CASE WHEN e.direction = 'credit' THEN e.amount_minor END), 0) \
+                  - COALESCE(SUM(CASE WHEN e.direction = 'debit' THEN e.amount_minor END), 0) \
+                  AS entries_balance, \
+                COALESCE(SUM(e.currency <> a.currency), 0) AS foreign_entries \
+         FROM accounts a LEFT JOIN entries e ON e.account_id = a.id \
+         GROUP BY a.id ORDER BY a.id",
+    )
+    .fetch_all(&mut *connection)
+    .await?;
+    for row in &account_rows {
+        report.accounts_checked += 1;
+        let id: String = row.try_get("id")?;
+        let balance: i64 = row.try_get("balance_minor")?;
+        let overdraft_allowed: bool = row.try_get("overdraft_allowed")?;
+        let entries_balance: i64 = row.try_get("entries_balance")?;
+        let foreign_entries: i64 = row.try_get("foreign_entries")?;
+        if balance != entries_balance {
+            report.violation(format!(
+                "account {}: balance {balance} != credits - debits {entries_balance}",
+                masked(&id)
+            ));
+        }
+        if balance < 0 && !overdraft_allowed {
+            report.violation(format!(
+                "account {}: balance {balance} is negative without overdraft",
+                masked(&id)
+            ));
+        }
+        if foreign_entries != 0 {
+            report.violation(format!(
+                "account {}: {foreign_entries} entries in another currency",
+                masked(&id)
+            ));
+        }
+    }
+
+    // Each transfer has exactly one debit entry on its debit account and one credit entry on
+    // its credit account, both of its amount and currency.
+    report.transfers_checked = sqlx::query_scalar("SELECT COUNT(*) FROM transfers")
+        .fetch_one(&mut *connection)
+        .await?;
+    let broken_transfers = sqlx::query(
+        "SELECT t.id FROM transfers t LEFT JOIN entries e ON e.transfer_id = t.id \
+         GROUP BY t.id \
+         HAVING COUNT(e.id) <> 2 \
+             OR COALESCE(SUM(e.direction = 'debit' AND e.account_id = t.debit_account \
+                    AND e.amount_minor = t.amount_minor AND e.currency = t.currency), 0) <> 1 \
+             OR COALESCE(SUM(e.direction = 'credit' AND e.account_id = t.credit_account \
+                    AND e.amount_minor = t.amount_minor AND e.currency = t.currency), 0) <> 1 \
+         ORDER BY t.id LIMIT ?",
+    )
+    .bind(i64::try_from(INVARIANT_VIOLATIONS_REPORTED_MAX).expect("small bound fits i64"))
+    .fetch_all(&mut *connection)
+    .await?;
+    for row in &broken_transfers {
+        let id: String = row.try_get("id")?;
+        report.violation(format!(
+            "transfer {id}: entries do not match its debit/credit"
+        ));
+    }
+    Ok(report)
+}

@@ -1,0 +1,1027 @@
+//! The single writer task: every write of the ledger and of the audit trail goes through it.
+//!
+//! Why one writer: SQLite allows one writer at a time anyway, and the audit hash chain needs
+//! appends in one order. One task owning one connection makes both explicit instead of
+//! leaving them to lock contention and `SQLITE_BUSY` retries.
+//!
+//! Group commit: the writer takes the first queued command, then whatever is already queued
+//! (up to `batch_commands_max` commands in total), and runs them in ONE `BEGIN IMMEDIATE`
+//! transaction, so one fsync covers the whole batch. Each command runs inside its own
+//! SAVEPOINT: a command that fails is rolled back alone and its neighbours still commit.
+//! Replies are sent only after COMMIT returned, so a caller never sees an outcome that is not
+//! durable; if COMMIT fails, every caller of the batch gets `LedgerError::Storage`.
+
+use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use countersign_audit::{AuditError, NewRecord, Outcome, RecordKind, SealedRecord, Subject};
+use serde_json::json;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+use sqlx::{ConnectOptions, Connection, Row};
+use time::OffsetDateTime;
+use tokio::sync::{Notify, mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::account::{Account, AccountId, AccountStatus, NewAccount};
+use crate::error::LedgerError;
+use crate::money::{Amount, Currency};
+use crate::store::rows::{self, format_date, format_timestamp};
+use crate::transfer::{
+    Decide, DecisionContext, IdempotencyClaim, IdempotencyOutcome, Reason, SeedTransfer, Transfer,
+    TransferCommand, TransferOutcome, Verdict, reason_codes,
+};
+
+/// Subject recorded for system postings (`seed_transfer`), which no client certificate made.
+pub const SYSTEM_SUBJECT: &str = "system";
+/// `bundle_revision` of records no policy bundle took part in.
+pub const NO_POLICY_BUNDLE: &str = "none";
+
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, LedgerError>>;
+
+pub(crate) enum Command {
+    Transfer {
+        command: TransferCommand,
+        reply: Reply<TransferOutcome>,
+    },
+    CreateAccount {
+        account: NewAccount,
+        audit_record: NewRecord,
+        reply: Reply<Account>,
+    },
+    Seed {
+        seed: SeedTransfer,
+        reply: Reply<Transfer>,
+    },
+    AppendAudit {
+        records: Vec<NewRecord>,
+        reply: Reply<Vec<SealedRecord>>,
+    },
+    SetAccountStatus {
+        account: AccountId,
+        status: AccountStatus,
+        audit_record: NewRecord,
+        reply: Reply<Account>,
+    },
+}
+
+/// State the writer shares with `SqliteStore`.
+pub(crate) struct Shared {
+    /// False after an audit append or a COMMIT failed; true again after a commit that
+    /// appended audit records.
+    pub(crate) audit_writable: AtomicBool,
+    /// Notified after every COMMIT, so the audit relay can wake instead of polling hard.
+    pub(crate) commits: Arc<Notify>,
+    pub(crate) batches_committed: AtomicU64,
+    pub(crate) commands_committed: AtomicU64,
+    pub(crate) batches_aborted: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn new() -> Shared {
+        Shared {
+            audit_writable: AtomicBool::new(true),
+            commits: Arc::new(Notify::new()),
+            batches_committed: AtomicU64::new(0),
+            commands_committed: AtomicU64::new(0),
+            batches_aborted: AtomicU64::new(0),
+        }
+    }
+}
+
+/// A reply held back until the batch's COMMIT has returned.
+trait Deliver: Send {
+    fn deliver(self: Box<Self>);
+    fn fail(self: Box<Self>, error: LedgerError);
+}
+
+struct Pending<T> {
+    reply: Reply<T>,
+    result: Result<T, LedgerError>,
+}
+
+impl<T: Send> Deliver for Pending<T> {
+    fn deliver(self: Box<Self>) {
+        // A caller that went away (request cancelled) does not undo its command: it is
+        // committed, and a retry with the same idempotency key replays it.
+        let _ = self.reply.send(self.result);
+    }
+
+    fn fail(self: Box<Self>, error: LedgerError) {
+        let _ = self.reply.send(Err(error));
+    }
+}
+
+fn pending<T: Send + 'static>(reply: Reply<T>, result: Result<T, LedgerError>) -> Box<dyn Deliver> {
+    Box::new(Pending { reply, result })
+}
+
+impl Command {
+    /// A command that will not run because its batch is aborted.
+    fn into_failed(self, error: LedgerError) -> Box<dyn Deliver> {
+        match self {
+            Command::Transfer { reply, .. } => pending(reply, Err(error)),
+            Command::CreateAccount { reply, .. } => pending(reply, Err(error)),
+            Command::Seed { reply, .. } => pending(reply, Err(error)),
+            Command::AppendAudit { reply, .. } => pending(reply, Err(error)),
+            Command::SetAccountStatus { reply, .. } => pending(reply, Err(error)),
+        }
+    }
+
+    /// Runs the command on `connection` (inside its savepoint). Returns the held reply and
+    /// whether the savepoint should be released (true) or rolled back (false).
+    async fn execute(
+        self,
+        connection: &mut SqliteConnection,
+        shared: &Shared,
+        effects: &mut CommandEffects,
+    ) -> (Box<dyn Deliver>, bool) {
+        match self {
+            Command::Transfer { command, reply } => {
+                let result = execute_transfer(connection, command, shared, effects).await;
+                let succeeded = result.is_ok();
+                (pending(reply, result), succeeded)
+            }
+            Command::CreateAccount {
+                account,
+                audit_record,
+                reply,
+            } => {
+                let result =
+                    execute_create_account(connection, account, audit_record, shared, effects)
+                        .await;
+                let succeeded = result.is_ok();
+                (pending(reply, result), succeeded)
+            }
+            Command::Seed { seed, reply } => {
+                let result = execute_seed(connection, seed, shared, effects).await;
+                let succeeded = result.is_ok();
+                (pending(reply, result), succeeded)
+            }
+            Command::AppendAudit { records, reply } => {
+                let result = append_audit(connection, records, shared, effects).await;
+                let succeeded = result.is_ok();
+                (pending(reply, result), succeeded)
+            }
+            Command::SetAccountStatus {
+                account,
+                status,
+                audit_record,
+                reply,
+            } => {
+                let result = execute_set_account_status(
+                    connection,
+                    &account,
+                    status,
+                    audit_record,
+                    shared,
+                    effects,
+                )
+                .await;
+                let succeeded = result.is_ok();
+                (pending(reply, result), succeeded)
+            }
+        }
+    }
+}
+
+/// What one command wrote, counted only once its savepoint is released.
+#[derive(Default)]
+struct CommandEffects {
+    /// (currency, minor units) of each posted transfer: one debit and one credit entry each.
+    postings: Vec<(Currency, i64)>,
+    audit_appended: bool,
+}
+
+/// Debit and credit totals per currency code, in i128 so a batch can never overflow them.
+type EntryTotals = BTreeMap<&'static str, (i128, i128)>;
+
+enum BatchResult {
+    Committed {
+        pending: Vec<Box<dyn Deliver>>,
+        audit_appended: bool,
+    },
+    Aborted {
+        pending: Vec<Box<dyn Deliver>>,
+        error: Arc<sqlx::Error>,
+    },
+}
+
+pub(crate) struct Writer {
+    options: SqliteConnectOptions,
+    /// `None` after a failed batch: a connection whose transaction failed is not trusted, the
+    /// next batch opens a fresh one.
+    connection: Option<SqliteConnection>,
+    batch_commands_max: usize,
+    shared: Arc<Shared>,
+}
+
+impl Writer {
+    pub(crate) fn new(
+        options: SqliteConnectOptions,
+        connection: SqliteConnection,
+        batch_commands_max: usize,
+        shared: Arc<Shared>,
+    ) -> Writer {
+        assert!(
+            batch_commands_max > 0,
+            "batch_commands_max must be at least 1"
+        );
+        Writer {
+            options,
+            connection: Some(connection),
+            batch_commands_max,
+            shared,
+        }
+    }
+
+    /// Runs until the queue is closed (shutdown signal, or every sender dropped) and drained.
+    pub(crate) async fn run(
+        mut self,
+        mut receiver: mpsc::Receiver<Command>,
+        mut shutdown_signal: oneshot::Receiver<()>,
+    ) {
+        let mut closing = false;
+        loop {
+            let first = if closing {
+                receiver.recv().await
+            } else {
+                tokio::select! {
+                    // Shutdown first: under constant load the queue may never be empty.
+                    biased;
+                    _ = &mut shutdown_signal => {
+                        // Refuse new commands; the ones already queued still run below.
+                        receiver.close();
+                        closing = true;
+                        continue;
+                    }
+                    command = receiver.recv() => command,
+                }
+            };
+            let Some(first) = first else { break };
+            let mut batch = Vec::with_capacity(self.batch_commands_max);
+            batch.push(first);
+            while batch.len() < self.batch_commands_max {
+                match receiver.try_recv() {
+                    Ok(command) => batch.push(command),
+                    Err(_) => break,
+                }
+            }
+            self.run_batch(batch).await;
+        }
+        if let Some(connection) = self.connection.take()
+            && let Err(error) = connection.close().await
+        {
+            tracing::warn!(error = %error, "closing the ledger writer connection failed");
+        }
+        tracing::info!("ledger writer stopped");
+    }
+
+    async fn run_batch(&mut self, batch: Vec<Command>) {
+        let commands = batch.len();
+        if self.connection.is_none() {
+            match self.options.connect().await {
+                Ok(connection) => self.connection = Some(connection),
+                Err(error) => {
+                    tracing::error!(error = %error, "ledger writer cannot reopen its connection");
+                    self.shared.audit_writable.store(false, Ordering::Release);
+                    let error = Arc::new(error);
+                    for command in batch {
+                        command
+                            .into_failed(LedgerError::Storage(error.clone()))
+                            .deliver();
+                    }
+                    return;
+                }
+            }
+        }
+        let connection = self
+            .connection
+            .as_mut()
+            .expect("connection was just opened");
+        match execute_batch(connection, batch, &self.shared).await {
+            BatchResult::Committed {
+                pending,
+                audit_appended,
+            } => {
+                if audit_appended {
+                    self.shared.audit_writable.store(true, Ordering::Release);
+                }
+                self.shared
+                    .batches_committed
+                    .fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .commands_committed
+                    .fetch_add(commands as u64, Ordering::Relaxed);
+                // Wake a waiting relay, and leave a permit for one that is not waiting yet.
+                self.shared.commits.notify_waiters();
+                self.shared.commits.notify_one();
+                tracing::debug!(commands, "ledger batch committed");
+                for reply in pending {
+                    reply.deliver();
+                }
+            }
+            BatchResult::Aborted { pending, error } => {
+                tracing::error!(error = %error, commands, "ledger batch rolled back");
+                self.shared.audit_writable.store(false, Ordering::Release);
+                self.shared.batches_aborted.fetch_add(1, Ordering::Relaxed);
+                if let Some(connection) = self.connection.take() {
+                    let _ = connection.close().await;
+                }
+                for reply in pending {
+                    reply.fail(LedgerError::Storage(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+async fn execute_batch(
+    connection: &mut SqliteConnection,
+    batch: Vec<Command>,
+    shared: &Shared,
+) -> BatchResult {
+    let mut pending = Vec::with_capacity(batch.len());
+    // IMMEDIATE takes the write lock now, so no statement of the batch can hit SQLITE_BUSY
+    // half-way through.
+    let mut transaction = match connection.begin_with("BEGIN IMMEDIATE").await {
+        Ok(transaction) => transaction,
+        Err(error) => {
+            let error = Arc::new(error);
+            pending.extend(
+                batch
+                    .into_iter()
+                    .map(|command| command.into_failed(LedgerError::Storage(error.clone()))),
+            );
+            return BatchResult::Aborted { pending, error };
+        }
+    };
+    let entries_before: i64 = match sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM entries")
+        .fetch_one(&mut *transaction)
+        .await
+    {
+        Ok(id) => id,
+        Err(error) => {
+            let error = Arc::new(error);
+            pending.extend(
+                batch
+                    .into_iter()
+                    .map(|command| command.into_failed(LedgerError::Storage(error.clone()))),
+            );
+            return BatchResult::Aborted { pending, error };
+        }
+    };
+
+    let mut expected = EntryTotals::new();
+    let mut audit_appended = false;
+    let mut abort: Option<Arc<sqlx::Error>> = None;
+    for command in batch {
+        if let Some(error) = &abort {
+            pending.push(command.into_failed(LedgerError::Storage(error.clone())));
+            continue;
+        }
+        let mut savepoint = match Connection::begin(&mut *transaction).await {
+            Ok(savepoint) => savepoint,
+            Err(error) => {
+                let error = Arc::new(error);
+                pending.push(command.into_failed(LedgerError::Storage(error.clone())));
+                abort = Some(error);
+                continue;
+            }
+        };
+        let mut effects = CommandEffects::default();
+        let (reply, succeeded) = command.execute(&mut savepoint, shared, &mut effects).await;
+        // If SQLite rolled the whole transaction back on its own (disk full, I/O error), the
+        // savepoint no longer exists and closing it fails: then nothing of the batch can be
+        // trusted and it is aborted as a whole.
+        let closed = if succeeded {
+            savepoint.commit().await
+        } else {
+            savepoint.rollback().await
+        };
+        match closed {
+            Ok(()) if succeeded => {
+                for (currency, minor_units) in effects.postings {
+                    let totals = expected.entry(currency.code()).or_default();
+                    totals.0 += i128::from(minor_units);
+                    totals.1 += i128::from(minor_units);
+                }
+                audit_appended |= effects.audit_appended;
+            }
+            Ok(()) => {}
+            Err(error) => abort = Some(Arc::new(error)),
+        }
+        pending.push(reply);
+    }
+
+    if abort.is_none() {
+        // Read back what the batch wrote, before it becomes durable: the entries must be
+        // exactly the postings we made, and balance per currency.
+        match entry_totals_after(&mut transaction, entries_before).await {
+            Ok(written) => {
+                assert_eq!(
+                    written, expected,
+                    "ledger invariant broken: entries written by the batch differ from its postings"
+                );
+                for (currency, (debits, credits)) in &written {
+                    assert_eq!(
+                        debits, credits,
+                        "ledger invariant broken: batch debits != credits in {currency}"
+                    );
+                }
+            }
+            Err(error) => abort = Some(Arc::new(error)),
+        }
+    }
+    if let Some(error) = abort {
+        if let Err(rollback_error) = transaction.rollback().await {
+            tracing::error!(error = %rollback_error, "rolling back an aborted ledger batch failed");
+        }
+        return BatchResult::Aborted { pending, error };
+    }
+    match transaction.commit().await {
+        Ok(()) => BatchResult::Committed {
+            pending,
+            audit_appended,
+        },
+        Err(error) => BatchResult::Aborted {
+            pending,
+            error: Arc::new(error),
+        },
+    }
+}
+
+async fn entry_totals_after(
+    connection: &mut SqliteConnection,
+    entries_before: i64,
+) -> Result<EntryTotals, sqlx::Error> {
+    let rows = sqlx::query("SELECT currency, direction, amount_minor FROM entries WHERE id > ?")
+        .bind(entries_before)
+        .fetch_all(&mut *connection)
+        .await?;
+    let mut totals = EntryTotals::new();
+    for row in rows {
+        let currency: String = row.try_get("currency")?;
+        let direction: String = row.try_get("direction")?;
+        let amount_minor: i64 = row.try_get("amount_minor")?;
+        let currency = Currency::parse(&currency)
+            .unwrap_or_else(|_| panic!("ledger wrote an entry with unknown currency {currency}"));
+        let totals = totals.entry(currency.code()).or_default();
+        match direction.as_str() {
+            "debit" => totals.0 += i128::from(amount_minor),
+            "credit" => totals.1 += i128::from(amount_minor),
+            other => panic!("ledger wrote an entry with direction {other}"),
+        }
+    }
+    Ok(totals)
+}
+
+async fn execute_transfer(
+    connection: &mut SqliteConnection,
+    command: TransferCommand,
+    shared: &Shared,
+    effects: &mut CommandEffects,
+) -> Result<TransferOutcome, LedgerError> {
+    let TransferCommand {
+        transfer_id,
+        debit_account,
+        credit_account,
+        amount,
+        end_to_end_id,
+        purpose,
+        remittance_info,
+        initiator_fingerprint,
+        idempotency,
+        decide,
+    } = command;
+
+    // (1) A key seen before: replay (same request) or conflict (different request).
+    if let Some(stored) =
+        rows::load_idempotency(connection, &idempotency.scope, &idempotency.key).await?
+    {
+        if stored.request_hash != idempotency.request_hash {
+            return Err(LedgerError::IdempotencyConflict {
+                scope: idempotency.scope,
+                key: idempotency.key,
+            });
+        }
+        return Ok(TransferOutcome::Replayed(stored));
+    }
+    if transfer_exists(connection, transfer_id).await? {
+        return Err(LedgerError::TransferExists(transfer_id));
+    }
+
+    // (2) Fresh state on the writer connection: earlier commands of this batch are visible.
+    let now = OffsetDateTime::now_utc();
+    let business_date = now.date();
+    let debit = rows::load_account_state(connection, &debit_account, business_date)
+        .await?
+        .ok_or_else(|| LedgerError::AccountNotFound(debit_account.clone()))?;
+    let credit = rows::load_account_state(connection, &credit_account, business_date)
+        .await?
+        .ok_or_else(|| LedgerError::AccountNotFound(credit_account.clone()))?;
+    let context = DecisionContext {
+        debit,
+        credit,
+        audit_writable: shared.audit_writable.load(Ordering::Acquire),
+        now,
+    };
+
+    // (3) The policy decides on exactly the state we are about to post against.
+    let Verdict {
+        allow,
+        reasons,
+        decision_record,
+    } = run_decide(decide, &context)?;
+    let decision_id = decision_record.decision_id;
+    let provenance = Provenance::of(&decision_record);
+
+    // (4) The decision is audited whatever happens next.
+    append_audit(connection, vec![decision_record], shared, effects).await?;
+
+    // (5) The ledger keeps its own rules even when the policy allowed.
+    let outcome = if !allow {
+        tracing::info!(%transfer_id, %decision_id, decision = "deny", "transfer denied by policy");
+        TransferOutcome::Denied {
+            decision_id,
+            reasons,
+        }
+    } else {
+        let refusals = ledger_refusals(&context.debit.account, &context.credit.account, amount);
+        if refusals.is_empty() {
+            let transfer = Transfer {
+                id: transfer_id,
+                debit_account,
+                credit_account,
+                amount,
+                end_to_end_id,
+                purpose,
+                remittance_info,
+                decision_id,
+                initiator_fingerprint,
+                business_date,
+                posted_at: now,
+            };
+            post(
+                connection,
+                &transfer,
+                &context.debit.account,
+                &context.credit.account,
+                effects,
+            )
+            .await?;
+            let record = posting_record(&transfer, provenance, now);
+            append_audit(connection, vec![record], shared, effects).await?;
+            tracing::info!(%transfer_id, %decision_id, decision = "allow", "transfer posted");
+            TransferOutcome::Posted {
+                transfer,
+                decision_id,
+            }
+        } else {
+            tracing::warn!(
+                %transfer_id,
+                %decision_id,
+                reason = refusals[0].code,
+                "policy allowed a transfer the ledger refuses"
+            );
+            TransferOutcome::Denied {
+                decision_id,
+                reasons: refusals
+                    .into_iter()
+                    .map(|refusal| Reason::new(refusal.code, refusal.message))
+                    .collect(),
+            }
+        }
+    };
+
+    // (6) Remember the outcome for replays of the same key.
+    insert_idempotency(connection, &idempotency, &outcome, now).await?;
+    Ok(outcome)
+}
+
+/// Calls the policy callback. A panic or a self-contradicting verdict fails this command only:
+/// a bug in the policy glue must not take the ledger writer (and every other request) down.
+fn run_decide(decide: Decide, context: &DecisionContext) -> Result<Verdict, LedgerError> {
+    let verdict = std::panic::catch_unwind(AssertUnwindSafe(|| decide(context)))
+        .map_err(|_| LedgerError::DecisionFailed("the decide callback panicked".to_owned()))?;
+    let record = &verdict.decision_record;
+    if record.kind != RecordKind::Decision {
+        return Err(LedgerError::DecisionFailed(
+            "decision_record.kind must be decision".to_owned(),
+        ));
+    }
+    if verdict.allow != (record.outcome == Outcome::Allow) {
+        return Err(LedgerError::DecisionFailed(
+            "verdict.allow disagrees with decision_record.outcome".to_owned(),
+        ));
+    }
+    Ok(verdict)
+}
+
+/// Who and what a posting record is attributed to: copied from its decision record.
+struct Provenance {
+    decision_id: Uuid,
+    subject: Subject,
+    source_address: String,
+    bundle_revision: String,
+}
+
+impl Provenance {
+    fn of(record: &NewRecord) -> Provenance {
+        Provenance {
+            decision_id: record.decision_id,
+            subject: record.subject.clone(),
+            source_address: record.source_address.clone(),
+            bundle_revision: record.bundle_revision.clone(),
+        }
+    }
+}
+
+fn posting_record(transfer: &Transfer, provenance: Provenance, now: OffsetDateTime) -> NewRecord {
+    let amount = transfer.amount.to_decimal_string();
+    let currency = transfer.amount.currency().code();
+    NewRecord {
+        record_id: Uuid::now_v7(),
+        kind: RecordKind::Posting,
+        decision_id: provenance.decision_id,
+        timestamp: now,
+        subject: provenance.subject,
+        source_address: provenance.source_address,
+        action: "ledger.post".to_owned(),
+        masked_input: json!({
+            "debit_account": transfer.debit_account.masked(),
+            "credit_account": transfer.credit_account.masked(),
+            "amount": amount,
+            "currency": currency,
+        }),
+        result: json!({
+            "transfer_id": transfer.id.to_string(),
+            "amount": amount,
+            "currency": currency,
+        }),
+        bundle_revision: provenance.bundle_revision,
+        outcome: Outcome::Posted,
+    }
+}
+
+async fn append_audit(
+    connection: &mut SqliteConnection,
+    records: Vec<NewRecord>,
+    shared: &Shared,
+    effects: &mut CommandEffects,
+) -> Result<Vec<SealedRecord>, LedgerError> {
+    match countersign_audit::sqlite::append(connection, records).await {
+        Ok(sealed) => {
+            effects.audit_appended = true;
+            Ok(sealed)
+        }
+        Err(error) => {
+            // Only a database failure means the trail is not writable; a malformed record
+            // (too large, too deep) is the caller's bug and says nothing about the store.
+            if matches!(error, AuditError::Database(_)) {
+                shared.audit_writable.store(false, Ordering::Release);
+            }
+            tracing::error!(error = %error, "audit append failed");
+            Err(error.into())
+        }
+    }
+}
+
+/// A rule of the ledger itself that a posting would break.
+struct Refusal {
+    code: &'static str,
+    message: String,
+}
+
+/// The ledger's own rules, checked on the fresh state right before posting, whatever the
+/// policy said. Empty means the posting is allowed and its balance arithmetic cannot overflow.
+fn ledger_refusals(debit: &Account, credit: &Account, amount: Amount) -> Vec<Refusal> {
+    let mut refusals = Vec::new();
+    if debit.id == credit.id {
+        refusals.push(Refusal {
+            code: reason_codes::SAME_ACCOUNT,
+            message: "debit and credit account are the same".to_owned(),
+        });
+        return refusals;
+    }
+    for (side, account) in [("debit", debit), ("credit", credit)] {
+        if account.status != AccountStatus::Active {
+            refusals.push(Refusal {
+                code: reason_codes::ACCOUNT_NOT_ACTIVE,
+                message: format!("{side} account is {}", account.status.as_str()),
+            });
+        }
+        if account.currency != amount.currency() {
+            refusals.push(Refusal {
+                code: reason_codes::CURRENCY_MISMATCH,
+                message: format!(
+                    "{side} account is in {}, the amount in {}",
+                    account.currency,
+                    amount.currency()
+                ),
+            });
+        }
+    }
+    match debit.balance_minor.checked_sub(amount.minor_units()) {
+        None => refusals.push(Refusal {
+            code: reason_codes::BALANCE_OVERFLOW,
+            message: "debit balance would overflow".to_owned(),
+        }),
+        Some(after) if after < 0 && !debit.overdraft_allowed => refusals.push(Refusal {
+            code: reason_codes::INSUFFICIENT_FUNDS,
+            message: "debit account has insufficient funds".to_owned(),
+        }),
+        Some(_) => {}
+    }
+    if credit
+        .balance_minor
+        .checked_add(amount.minor_units())
+        .is_none()
+    {
+        refusals.push(Refusal {
+            code: reason_codes::BALANCE_OVERFLOW,
+            message: "credit balance would overflow".to_owned(),
+        });
+    }
+    refusals
+}
+
+/// Writes the transfer, its two entries and both balances. Callers have checked
+/// `ledger_refusals` is empty, so every check here that fails is a programmer error.
+async fn post(
+    connection: &mut SqliteConnection,
+    transfer: &Transfer,
+    debit: &Account,
+    credit: &Account,
+    effects: &mut CommandEffects,
+) -> Result<(), LedgerError> {
+    let amount_minor = transfer.amount.minor_units();
+    let currency = transfer.amount.currency();
+    assert!(debit.id != credit.id, "posting to the same account");
+    assert!(
+        debit.currency == currency && credit.currency == currency,
+        "posting across currencies"
+    );
+    let debit_after = debit
+        .balance_minor
+        .checked_sub(amount_minor)
+        .expect("debit balance overflow was refused before posting");
+    let credit_after = credit
+        .balance_minor
+        .checked_add(amount_minor)
+        .expect("credit balance overflow was refused before posting");
+    assert!(
+        debit_after >= 0 || debit.overdraft_allowed,
+        "overdraft was refused before posting"
+    );
+
+    let posted_at = format_timestamp(transfer.posted_at);
+    let business_date = format_date(transfer.business_date);
+    sqlx::query(
+        "INSERT INTO transfers (id, debit_account, credit_account, amount_minor, currency, \
+         end_to_end_id, purpose, remittance_info, decision_id, initiator_fingerprint, \
+         business_date, posted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(transfer.id.to_string())
+    .bind(transfer.debit_account.as_str())
+    .bind(transfer.credit_account.as_str())
+    .bind(amount_minor)
+    .bind(currency.code())
+    .bind(transfer.end_to_end_id.as_deref())
+    .bind(transfer.purpose.as_deref())
+    .bind(transfer.remittance_info.as_deref())
+    .bind(transfer.decision_id.to_string())
+    .bind(&transfer.initiator_fingerprint)
+    .bind(&business_date)
+    .bind(&posted_at)
+    .execute(&mut *connection)
+    .await?;
+
+    for (account, direction, balance_before, balance_after) in [
+        (debit, "debit", debit.balance_minor, debit_after),
+        (credit, "credit", credit.balance_minor, credit_after),
+    ] {
+        // `balance_minor = before` turns "nobody else changed this balance since we read it"
+        // from an assumption into a check.
+        let stored: Option<i64> = sqlx::query_scalar(
+            "UPDATE accounts SET balance_minor = ?, updated_at = ? \
+             WHERE id = ? AND balance_minor = ? RETURNING balance_minor",
+        )
+        .bind(balance_after)
+        .bind(&posted_at)
+        .bind(account.id.as_str())
+        .bind(balance_before)
+        .fetch_optional(&mut *connection)
+        .await?;
+        assert_eq!(
+            stored,
+            Some(balance_after),
+            "ledger invariant broken: balance of {} changed under the writer",
+            account.id.masked()
+        );
+        sqlx::query(
+            "INSERT INTO entries (transfer_id, account_id, direction, amount_minor, currency, \
+             balance_after_minor, business_date) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(transfer.id.to_string())
+        .bind(account.id.as_str())
+        .bind(direction)
+        .bind(amount_minor)
+        .bind(currency.code())
+        .bind(balance_after)
+        .bind(&business_date)
+        .execute(&mut *connection)
+        .await?;
+    }
+    effects.postings.push((currency, amount_minor));
+    Ok(())
+}
+
+async fn transfer_exists(
+    connection: &mut SqliteConnection,
+    transfer_id: Uuid,
+) -> Result<bool, LedgerError> {
+    let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM transfers WHERE id = ?")
+        .bind(transfer_id.to_string())
+        .fetch_optional(&mut *connection)
+        .await?;
+    Ok(found.is_some())
+}
+
+async fn insert_idempotency(
+    connection: &mut SqliteConnection,
+    claim: &IdempotencyClaim,
+    outcome: &TransferOutcome,
+    now: OffsetDateTime,
+) -> Result<(), LedgerError> {
+    let (stored_outcome, transfer_id, decision_id, reasons) = match outcome {
+        TransferOutcome::Posted {
+            transfer,
+            decision_id,
+        } => (
+            IdempotencyOutcome::Posted,
+            Some(transfer.id.to_string()),
+            decision_id,
+            &[][..],
+        ),
+        TransferOutcome::Denied {
+            decision_id,
+            reasons,
+        } => (IdempotencyOutcome::Denied, None, decision_id, &reasons[..]),
+        TransferOutcome::Replayed(_) => unreachable!("a replay writes nothing"),
+    };
+    let reasons_json = serde_json::to_string(reasons).expect("reasons serialise to JSON");
+    sqlx::query(
+        "INSERT INTO idempotency (scope, key, request_hash, outcome, transfer_id, decision_id, \
+         reasons_json, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&claim.scope)
+    .bind(&claim.key)
+    .bind(&claim.request_hash[..])
+    .bind(stored_outcome.as_str())
+    .bind(transfer_id)
+    .bind(decision_id.to_string())
+    .bind(reasons_json)
+    .bind(format_timestamp(now))
+    .execute(&mut *connection)
+    .await?;
+    Ok(())
+}
+
+async fn execute_create_account(
+    connection: &mut SqliteConnection,
+    account: NewAccount,
+    audit_record: NewRecord,
+    shared: &Shared,
+    effects: &mut CommandEffects,
+) -> Result<Account, LedgerError> {
+    if rows::load_account(connection, &account.id).await?.is_some() {
+        return Err(LedgerError::AccountExists(account.id));
+    }
+    let now = OffsetDateTime::now_utc();
+    let timestamp = format_timestamp(now);
+    sqlx::query(
+        "INSERT INTO accounts (id, currency, status, overdraft_allowed, balance_minor, \
+         created_at, updated_at) VALUES (?, ?, ?, ?, 0, ?, ?)",
+    )
+    .bind(account.id.as_str())
+    .bind(account.currency.code())
+    .bind(account.status.as_str())
+    .bind(account.overdraft_allowed)
+    .bind(&timestamp)
+    .bind(&timestamp)
+    .execute(&mut *connection)
+    .await?;
+    append_audit(connection, vec![audit_record], shared, effects).await?;
+    tracing::info!(account = %account.id.masked(), currency = %account.currency, "account created");
+    // Read back rather than echo the input: the caller gets what is stored.
+    rows::load_account(connection, &account.id)
+        .await?
+        .ok_or_else(|| LedgerError::CorruptRow("account vanished after insert".to_owned()))
+}
+
+async fn execute_set_account_status(
+    connection: &mut SqliteConnection,
+    id: &AccountId,
+    status: AccountStatus,
+    audit_record: NewRecord,
+    shared: &Shared,
+    effects: &mut CommandEffects,
+) -> Result<Account, LedgerError> {
+    let account = rows::load_account(connection, id)
+        .await?
+        .ok_or_else(|| LedgerError::AccountNotFound(id.clone()))?;
+    // Closed is terminal: a closed account's number must never receive money again.
+    if account.status == AccountStatus::Closed && status != AccountStatus::Closed {
+        return Err(LedgerError::Refused {
+            reason_code: reason_codes::ACCOUNT_CLOSED,
+        });
+    }
+    // Closing with money on it would strand that money outside every active account.
+    if status == AccountStatus::Closed && account.balance_minor != 0 {
+        return Err(LedgerError::Refused {
+            reason_code: reason_codes::BALANCE_NOT_ZERO,
+        });
+    }
+    sqlx::query("UPDATE accounts SET status = ?, updated_at = ? WHERE id = ?")
+        .bind(status.as_str())
+        .bind(format_timestamp(OffsetDateTime::now_utc()))
+        .bind(id.as_str())
+        .execute(&mut *connection)
+        .await?;
+    append_audit(connection, vec![audit_record], shared, effects).await?;
+    tracing::info!(account = %id.masked(), status = status.as_str(), "account status changed");
+    rows::load_account(connection, id)
+        .await?
+        .ok_or_else(|| LedgerError::CorruptRow("account vanished after update".to_owned()))
+}
+
+async fn execute_seed(
+    connection: &mut SqliteConnection,
+    seed: SeedTransfer,
+    shared: &Shared,
+    effects: &mut CommandEffects,
+) -> Result<Transfer, LedgerError> {
+    if transfer_exists(connection, seed.transfer_id).await? {
+        return Err(LedgerError::TransferExists(seed.transfer_id));
+    }
+    let debit = rows::load_account(connection, &seed.debit_account)
+        .await?
+        .ok_or_else(|| LedgerError::AccountNotFound(seed.debit_account.clone()))?;
+    let credit = rows::load_account(connection, &seed.credit_account)
+        .await?
+        .ok_or_else(|| LedgerError::AccountNotFound(seed.credit_account.clone()))?;
+    if let Some(refusal) = ledger_refusals(&debit, &credit, seed.amount).first() {
+        return Err(LedgerError::Refused {
+            reason_code: refusal.code,
+        });
+    }
+
+    let now = OffsetDateTime::now_utc();
+    let decision_id = Uuid::now_v7();
+    let masked_input = json!({
+        "debit_account": seed.debit_account.masked(),
+        "credit_account": seed.credit_account.masked(),
+        "amount": seed.amount.to_decimal_string(),
+        "currency": seed.amount.currency().code(),
+    });
+    let decision_record = NewRecord {
+        record_id: Uuid::now_v7(),
+        kind: RecordKind::Decision,
+        decision_id,
+        timestamp: now,
+        subject: Subject {
+            fingerprint_sha256: SYSTEM_SUBJECT.to_owned(),
+            common_name: Some(SYSTEM_SUBJECT.to_owned()),
+            roles: vec![SYSTEM_SUBJECT.to_owned()],
+        },
+        source_address: SYSTEM_SUBJECT.to_owned(),
+        action: "ledger.seed".to_owned(),
+        masked_input,
+        result: json!({ "allow": true, "reasons": [], "note": "system posting without policy" }),
+        bundle_revision: NO_POLICY_BUNDLE.to_owned(),
+        outcome: Outcome::Allow,
+    };
+    let provenance = Provenance::of(&decision_record);
+    append_audit(connection, vec![decision_record], shared, effects).await?;
+
+    let transfer = Transfer {
+        id: seed.transfer_id,
+        debit_account: seed.debit_account,
+        credit_account: seed.credit_account,
+        amount: seed.amount,
+        end_to_end_id: None,
+        purpose: None,
+        remittance_info: seed.remittance_info,
+        decision_id,
+        initiator_fingerprint: SYSTEM_SUBJECT.to_owned(),
+        business_date: now.date(),
+        posted_at: now,
+    };
+    post(connection, &transfer, &debit, &credit, effects).await?;
+    let record = posting_record(&transfer, provenance, now);
+    append_audit(connection, vec![record], shared, effects).await?;
+    tracing::info!(transfer_id = %transfer.id, %decision_id, "seed transfer posted");
+    Ok(transfer)
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests: the real gateway on port 0 behind real mutual TLS, a throwaway PKI
+//! and a fresh embedded store per test.
+#![forbid(unsafe_code)]
+
+mod audit_trail;
+mod concurrency;
+mod malformed;
+mod mtls;
+mod support;
+mod transfers;
