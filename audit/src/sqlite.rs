@@ -210,6 +210,40 @@ pub async fn append(
     Ok(sealed)
 }
 
+/// Checks, inside the caller's open write transaction, that an audit record could be
+/// appended right now (disk, permissions, triggers): appends a probe record in a savepoint
+/// and rolls it back, so the chain is unchanged whatever happens.
+pub async fn probe_writable(conn: &mut SqliteConnection) -> Result<(), AuditError> {
+    sqlx::query("SAVEPOINT audit_probe")
+        .execute(&mut *conn)
+        .await?;
+    let probe = NewRecord {
+        record_id: uuid::Uuid::nil(),
+        kind: crate::RecordKind::Decision,
+        decision_id: uuid::Uuid::nil(),
+        timestamp: time::OffsetDateTime::now_utc(),
+        subject: crate::Subject {
+            fingerprint_sha256: "probe".into(),
+            common_name: None,
+            roles: Vec::new(),
+        },
+        source_address: "probe".into(),
+        action: "audit.probe".into(),
+        masked_input: serde_json::Value::Null,
+        result: serde_json::Value::Null,
+        bundle_revision: "probe".into(),
+        outcome: crate::Outcome::Error,
+    };
+    let appended = append(&mut *conn, vec![probe]).await;
+    sqlx::query("ROLLBACK TO audit_probe")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("RELEASE audit_probe")
+        .execute(&mut *conn)
+        .await?;
+    appended.map(|_| ())
+}
+
 /// Records with `sequence > after_sequence`, in sequence order, at most `limit` of them
 /// (clamped to [`READ_RECORDS_MAX`]). Sinks pass their cursor as `after_sequence`.
 pub async fn read_after(

@@ -392,7 +392,7 @@ fn compile_program(interpreter: &mut Engine, entrypoint: &str) -> Result<Arc<Pro
         .map_err(|error| error.to_string())?;
     let program = Compiler::compile_from_policy(&compiled, &[entrypoint])
         .map_err(|error| error.to_string())?;
-    Ok(Arc::from(program))
+    Ok(program)
 }
 
 fn to_json(value: Value) -> Result<serde_json::Value, PolicyError> {

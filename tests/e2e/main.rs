@@ -3,7 +3,9 @@
 #![forbid(unsafe_code)]
 
 mod audit_trail;
+mod binary;
 mod concurrency;
+mod fail_closed;
 mod malformed;
 mod mtls;
 mod support;

@@ -141,3 +141,38 @@ async fn identity_headers_from_clients_are_not_trusted() {
     assert_eq!(response.status().as_u16(), 201);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_certificate_without_a_mapped_role_can_read_nothing_and_transfer_nothing() {
+    let app = TestApp::spawn().await;
+    app.open_account(crate::support::ALICE, "EUR", "10.00")
+        .await;
+    app.open_account(crate::support::BOB, "EUR", "0").await;
+    let client = app.client_with(&app.pki.roleless);
+    let response = client
+        .get(format!(
+            "{}/v1/accounts/{}",
+            app.base_url,
+            crate::support::ALICE
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 403);
+    let response = client
+        .post(format!("{}/v1/transfers", app.base_url))
+        .header("Idempotency-Key", "roleless-1")
+        .json(&crate::support::transfer(
+            crate::support::ALICE,
+            crate::support::BOB,
+            "1.00",
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 403);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["reasons"][0]["code"], "subject.role_not_authorized");
+    assert_eq!(app.balance_minor(crate::support::ALICE).await, 1_000);
+    app.stop().await;
+}

@@ -32,7 +32,6 @@ pub fn bundle_path() -> PathBuf {
 
 /// Certificates for one test: valid clients per role, plus the ones that must be refused.
 pub struct TestPki {
-    pub directory: PathBuf,
     pub ca_pem: String,
     pub clients: HashMap<String, IssuedCertificate>,
     pub expired: IssuedCertificate,
@@ -72,11 +71,12 @@ impl TestPki {
         let revoked = ca
             .issue_client(&ClientSpec::for_role("revoked-client", "channel"))
             .unwrap();
-        let crl = ca.revocation_list(&[revoked.serial.clone()]).unwrap();
+        let crl = ca
+            .revocation_list(std::slice::from_ref(&revoked.serial))
+            .unwrap();
         std::fs::write(directory.join("ca.crl"), crl).unwrap();
         let foreign_ca = CertificateAuthority::generate("Foreign CA").unwrap();
         TestPki {
-            directory: directory.to_owned(),
             ca_pem: ca.certificate_pem().to_owned(),
             clients,
             expired: ca.issue_client(&expired_spec).unwrap(),

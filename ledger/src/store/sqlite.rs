@@ -328,14 +328,13 @@ impl SqliteStore {
             let _ = signal.send(());
         }
         let writer_task = self.writer_task.lock().await.take();
-        let result = match writer_task {
+        match writer_task {
             Some(task) => task.await.map_err(|error| {
                 tracing::error!(error = %error, "ledger writer task failed");
                 LedgerError::WriterStopped
             }),
             None => Ok(()),
-        };
-        result
+        }
     }
 }
 

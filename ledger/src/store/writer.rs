@@ -373,6 +373,17 @@ async fn execute_batch(
         }
     };
 
+    // After a failure the trail is marked unwritable, and the policy refuses transfers while
+    // it is. Probe it at the start of the next batch so a recovered volume is seen as
+    // writable before anything is decided, not one refused transfer later.
+    if !shared.audit_writable.load(Ordering::Acquire)
+        && countersign_audit::sqlite::probe_writable(&mut transaction)
+            .await
+            .is_ok()
+    {
+        shared.audit_writable.store(true, Ordering::Release);
+    }
+
     let mut expected = EntryTotals::new();
     let mut audit_appended = false;
     let mut abort: Option<Arc<sqlx::Error>> = None;
