@@ -158,11 +158,15 @@ impl Bundle {
         })
     }
 
-    /// A fresh interpreter with every module and the data loaded.
+    /// A fresh interpreter with the serving modules (not `*_test.rego`) and the data loaded.
     pub fn interpreter(&self) -> Result<Engine, PolicyError> {
         let mut engine = Engine::new();
         engine.set_rego_v0(false);
-        for (name, source) in &self.modules {
+        for (name, source) in self
+            .modules
+            .iter()
+            .filter(|(name, _)| !is_test_module(name))
+        {
             engine
                 .add_policy(name.clone(), source.clone())
                 .map_err(|error| PolicyError::Compile(error.to_string()))?;
@@ -172,6 +176,11 @@ impl Bundle {
             .map_err(|error| PolicyError::Compile(error.to_string()))?;
         Ok(engine)
     }
+}
+
+/// OPA's convention: test modules end in `_test.rego`; they never serve decisions.
+fn is_test_module(name: &str) -> bool {
+    name.ends_with("_test.rego")
 }
 
 fn collect_files(root: &Path, directory: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {

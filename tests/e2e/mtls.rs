@@ -176,3 +176,49 @@ async fn a_certificate_without_a_mapped_role_can_read_nothing_and_transfer_nothi
     assert_eq!(app.balance_minor(crate::support::ALICE).await, 1_000);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_1_2_is_refused_by_default() {
+    let app = TestApp::spawn().await;
+    let certificate = &app.pki.clients["channel"];
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(app.pki.ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![CertificateDer::from_pem_slice(certificate.certificate_pem.as_bytes()).unwrap()],
+            PrivateKeyDer::from_pem_slice(certificate.private_key_pem.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    let stream = TcpStream::connect(app.address).await.unwrap();
+    let error = TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), stream)
+        .await
+        .expect_err("TLS 1.2 must be refused");
+    assert!(error.to_string().contains("ProtocolVersion"), "{error}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_never_finishes_the_handshake_is_disconnected() {
+    let app = TestApp::spawn_with(|config| config.tls.handshake_timeout_ms = 200).await;
+    let mut stream = TcpStream::connect(app.address).await.unwrap();
+    // Send nothing. The server must hang up on its own; the outer bound only keeps a broken
+    // server from hanging the suite.
+    let mut buffer = [0_u8; 16];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(30), stream.read(&mut buffer))
+        .await
+        .expect("server closed the idle connection");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    let text = app.state.metrics.encode();
+    assert!(
+        text.contains("countersign_tls_handshake_failures_total{reason=\"timeout\"} 1"),
+        "{text}"
+    );
+    app.stop().await;
+}
