@@ -109,8 +109,8 @@ fn config_for(directory: &Path, batch_commands_max: usize) -> Config {
             min_version: "1.3".into(),
         },
         policy: PolicyConfig {
-            bundle: bundle_path(),
             decision_timeout_ms: 50,
+            ..PolicyConfig::new(bundle_path())
         },
         store: StoreConfig {
             url: format!("sqlite://{}", directory.join("bench.db").display()),
@@ -124,6 +124,7 @@ fn config_for(directory: &Path, batch_commands_max: usize) -> Config {
         },
         log: LogConfig::default(),
         role_mapping: countersign::config::default_role_mapping(),
+        routes: Vec::new(),
     }
 }
 

@@ -40,28 +40,24 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Idempotency keys whose first request is still being processed, per caller.
     in_flight: Mutex<HashSet<(String, String)>>,
+    /// One reload at a time; requests never wait for it.
+    pub reload_lock: tokio::sync::Mutex<()>,
+    reload_status: Mutex<crate::reload::ReloadStatus>,
     shutting_down: AtomicBool,
 }
 
 impl AppState {
     pub fn new(config: Config, store: Arc<SqliteStore>, policy: PolicyEngine) -> Arc<AppState> {
         let metrics = Metrics::new();
-        metrics
-            .policy_bundle_info
-            .get_or_create(&vec![
-                ("revision", policy.revision().to_owned()),
-                (
-                    "evaluator",
-                    format!("{:?}", policy.evaluator()).to_lowercase(),
-                ),
-            ])
-            .set(1);
+        metrics.set_policy_bundle(policy.revision(), policy.evaluator());
         Arc::new(AppState {
             config,
             store,
             policy: ArcSwap::from_pointee(policy),
             metrics,
             in_flight: Mutex::new(HashSet::new()),
+            reload_lock: tokio::sync::Mutex::new(()),
+            reload_status: Mutex::new(crate::reload::ReloadStatus::default()),
             shutting_down: AtomicBool::new(false),
         })
     }
@@ -82,6 +78,19 @@ impl AppState {
             state: self.clone(),
             entry,
         })
+    }
+
+    /// Makes `engine` the active policy. Requests that already hold the old one finish with it.
+    pub fn install_policy(&self, engine: Arc<PolicyEngine>) {
+        self.metrics
+            .set_policy_bundle(engine.revision(), engine.evaluator());
+        self.policy.store(engine);
+    }
+
+    pub fn lock_reload_status(&self) -> std::sync::MutexGuard<'_, crate::reload::ReloadStatus> {
+        self.reload_status
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn begin_shutdown(&self) {
@@ -111,8 +120,8 @@ impl Drop for InFlightGuard {
 }
 
 /// Headers through which a client could try to claim another identity. We never read them,
-/// and strip them so nothing downstream (logs, a future proxied upstream) can be fooled.
-const IDENTITY_HEADERS: &[&str] = &[
+/// and strip them so nothing downstream (logs, a proxied upstream) can be fooled.
+pub(crate) const IDENTITY_HEADERS: &[&str] = &[
     "x-forwarded-client-cert",
     "x-client-cert",
     "x-client-verify",
@@ -172,7 +181,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/transfers/{id}", get(http::transfers::show))
         .route("/v1/accounts", post(http::accounts::create))
         .route("/v1/accounts/{id}", get(http::accounts::show))
+        .route("/v1/data/{*path}", post(http::opa::data))
+        .route("/health", get(http::opa::health))
+        .route("/v1/admin/policy/reload", post(http::admin::reload_policy))
         .merge(ops_routes())
+        // Proxy routes sit inside every layer below: identity headers are stripped before
+        // the policy sees the request, the request timeout bounds decision + upstream
+        // headers, and latency is recorded per route. `DefaultBodyLimit` only bounds
+        // extractors that buffer; the proxy streams and applies its per-route bound.
+        .merge(crate::proxy::router(&state))
         .layer(DefaultBodyLimit::max(body_bytes_max))
         .layer(middleware::from_fn(strip_identity_headers))
         .layer(TimeoutLayer::with_status_code(

@@ -60,6 +60,10 @@ pub struct Config {
     /// read health endpoints.
     #[serde(default)]
     pub role_mapping: Vec<RoleMapping>,
+    /// Policy-guarded reverse-proxy routes (`[[routes]]`): requests under a path prefix are
+    /// decided by the policy and, if allowed, forwarded to an upstream. See `proxy`.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -90,6 +94,52 @@ pub struct PolicyConfig {
     /// A decision that takes longer is abandoned and the transfer denied (fail closed).
     #[serde(default = "default_decision_timeout_ms")]
     pub decision_timeout_ms: u64,
+    /// Reload the bundle when its files change (besides SIGHUP and the admin endpoint).
+    #[serde(default = "default_true")]
+    pub watch: bool,
+    /// Changes are collected for this long before a reload, so an editor's or a
+    /// deployment's burst of writes becomes one reload.
+    #[serde(default = "default_watch_debounce_ms")]
+    pub watch_debounce_ms: u64,
+    /// Run the new bundle's own `test_*` rules before activating it; a failing test keeps
+    /// the old bundle active. OPA has no such guard.
+    #[serde(default = "default_true")]
+    pub reload_requires_passing_tests: bool,
+    /// Rego v0 for modules whose version the bundle manifest does not set (OPA's
+    /// `--v0-compatible`).
+    #[serde(default)]
+    pub v0_compatible: bool,
+    /// PEM public key (RSA or EC P-256) that must have signed the bundle's
+    /// `.signatures.json`. Without it a signed bundle is refused, as in OPA.
+    #[serde(default)]
+    pub verification_key: Option<PathBuf>,
+    /// `RS256` (default) or `ES256`.
+    #[serde(default)]
+    pub verification_alg: Option<String>,
+    /// Key id, as OPA's `keys` config; takes precedence over the token's `kid`.
+    #[serde(default)]
+    pub key_id: Option<String>,
+    /// Must equal the signature's `scope` claim.
+    #[serde(default)]
+    pub scope: Option<String>,
+}
+
+impl PolicyConfig {
+    /// Defaults for everything but the bundle path.
+    pub fn new(bundle: PathBuf) -> PolicyConfig {
+        PolicyConfig {
+            bundle,
+            decision_timeout_ms: default_decision_timeout_ms(),
+            watch: true,
+            watch_debounce_ms: default_watch_debounce_ms(),
+            reload_requires_passing_tests: true,
+            v0_compatible: false,
+            verification_key: None,
+            verification_alg: None,
+            key_id: None,
+            scope: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -177,6 +227,87 @@ pub struct RoleMapping {
     pub roles: Vec<String>,
 }
 
+/// One reverse-proxy route. Every bound has a default sized for API traffic.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Lower-case letters, digits, `-` and `_`: the policy sees it as `input.route.name`, the
+    /// audit trail as action `proxy.<name>`.
+    pub name: String,
+    /// Requests whose path is this prefix or lies below it (`/statements`,
+    /// `/statements/2026?x=1`, not `/statements2`) take this route. Starts with `/`, no
+    /// trailing `/`, plain segments only; must not overlap the gateway's own paths or another
+    /// route.
+    pub path_prefix: String,
+    /// `http://host:port[/base]`. The request path (prefix included) and query are appended
+    /// to the base path. Plain HTTP: the upstream is expected on a trusted local network.
+    pub upstream: String,
+    /// The rule that decides each request; its value must be a decision document
+    /// `{"allow": bool, "reasons": [...]}` (see policies/README.md).
+    #[serde(default = "default_route_decision")]
+    pub decision: String,
+    /// A TCP connect to the upstream that takes longer fails with 502.
+    #[serde(default = "default_route_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// From sending the request to receiving the upstream's response headers; past it the
+    /// caller gets 504. Must be below `limits.request_timeout_ms`. Streamed bodies are not
+    /// cut by it once the response headers are in, but an upstream that answers only after
+    /// reading the whole request body must have read it by then: size it for the largest
+    /// upload.
+    #[serde(default = "default_route_response_headers_timeout_ms")]
+    pub response_headers_timeout_ms: u64,
+    /// Largest request body forwarded (streamed, counted as it passes; a declared larger
+    /// Content-Length is refused with 413 before the policy is asked).
+    #[serde(default = "default_route_body_bytes_max")]
+    pub request_body_bytes_max: u64,
+    /// Largest response body relayed; a longer one is cut off and the exchange aborted.
+    #[serde(default = "default_route_body_bytes_max")]
+    pub response_body_bytes_max: u64,
+    /// Requests of this route in flight at once (each holds an upstream connection); past
+    /// it the caller gets 503 `upstream.busy`, before anything is decided.
+    #[serde(default = "default_route_requests_in_flight_max")]
+    pub requests_in_flight_max: usize,
+    /// Idle pooled connections kept per upstream host.
+    #[serde(default = "default_route_pool_max_idle_per_host")]
+    pub pool_max_idle_per_host: usize,
+    /// A pooled connection idle for longer is closed.
+    #[serde(default = "default_route_pool_idle_timeout_ms")]
+    pub pool_idle_timeout_ms: u64,
+}
+
+/// Paths the gateway serves itself; a route may neither equal, contain nor lie below them.
+pub const RESERVED_PATHS: &[&str] = &[
+    "/v1/transfers",
+    "/v1/accounts",
+    "/v1/data",
+    "/health",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+];
+
+fn default_route_decision() -> String {
+    "data.countersign.proxy.decision".to_owned()
+}
+fn default_route_connect_timeout_ms() -> u64 {
+    1_000
+}
+fn default_route_response_headers_timeout_ms() -> u64 {
+    5_000
+}
+fn default_route_body_bytes_max() -> u64 {
+    16 * 1024 * 1024
+}
+fn default_route_requests_in_flight_max() -> usize {
+    1_024
+}
+fn default_route_pool_max_idle_per_host() -> usize {
+    32
+}
+fn default_route_pool_idle_timeout_ms() -> u64 {
+    60_000
+}
+
 fn default_handshake_timeout_ms() -> u64 {
     5_000
 }
@@ -186,9 +317,22 @@ fn default_tls_min_version() -> String {
 fn default_decision_timeout_ms() -> u64 {
     50
 }
+fn default_watch_debounce_ms() -> u64 {
+    250
+}
+fn default_true() -> bool {
+    true
+}
 
 /// The role names the gateway itself knows about; the policy may use more.
-pub const KNOWN_ROLES: &[&str] = &["channel", "teller", "approver", "auditor", "admin"];
+pub const KNOWN_ROLES: &[&str] = &[
+    "channel",
+    "teller",
+    "approver",
+    "auditor",
+    "admin",
+    "policy_client",
+];
 
 impl Config {
     /// Reads `path`, applies `COUNTERSIGN__*` variables from `env`, and validates.
@@ -324,7 +468,7 @@ impl Config {
                 ));
             }
         }
-        Ok(())
+        validate_routes(&self.routes, &self.limits)
     }
 
     pub fn sqlite_path(&self) -> &str {
@@ -333,6 +477,140 @@ impl Config {
             .strip_prefix("sqlite://")
             .expect("validated: store.url starts with sqlite://")
     }
+}
+
+fn validate_routes(routes: &[RouteConfig], limits: &Limits) -> Result<(), ConfigError> {
+    /// Two prefixes overlap when one equals the other or lies below it.
+    fn overlaps(a: &str, b: &str) -> bool {
+        let below = |inner: &str, outer: &str| {
+            inner
+                .strip_prefix(outer)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        };
+        below(a, b) || below(b, a)
+    }
+    for (index, route) in routes.iter().enumerate() {
+        let key = |field: &str| format!("routes[{index}].{field}");
+        let name_ok = !route.name.is_empty()
+            && route.name.len() <= 64
+            && route.name.bytes().all(|byte| {
+                byte.is_ascii_lowercase() || byte.is_ascii_digit() || byte == b'-' || byte == b'_'
+            });
+        if !name_ok {
+            return Err(ConfigError::key(
+                key("name"),
+                "must be 1 to 64 of a-z, 0-9, '-', '_'",
+            ));
+        }
+        if routes[..index].iter().any(|other| other.name == route.name) {
+            return Err(ConfigError::key(key("name"), "is used by another route"));
+        }
+        let prefix = route.path_prefix.as_str();
+        // Plain segments only: the prefix becomes an axum route, where `{`, `*` and `:`
+        // mean something, and `.`/`..` segments would let two spellings reach one upstream.
+        let segments_ok = prefix.starts_with('/')
+            && prefix.len() > 1
+            && prefix.len() <= 256
+            && prefix[1..].split('/').all(|segment| {
+                !segment.is_empty()
+                    && segment != "."
+                    && segment != ".."
+                    && segment.bytes().all(|byte| {
+                        byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~')
+                    })
+            });
+        if !segments_ok {
+            return Err(ConfigError::key(
+                key("path_prefix"),
+                "must start with '/', have no trailing '/', and use only plain segments of A-Z, a-z, 0-9, '-', '_', '.', '~'",
+            ));
+        }
+        if let Some(reserved) = RESERVED_PATHS.iter().find(|path| overlaps(prefix, path)) {
+            return Err(ConfigError::key(
+                key("path_prefix"),
+                format!("overlaps {reserved}, which the gateway serves itself"),
+            ));
+        }
+        if let Some(other) = routes[..index]
+            .iter()
+            .find(|other| overlaps(prefix, &other.path_prefix))
+        {
+            return Err(ConfigError::key(
+                key("path_prefix"),
+                format!(
+                    "overlaps the path_prefix {} of route {}",
+                    other.path_prefix, other.name
+                ),
+            ));
+        }
+        let upstream: Option<axum::http::Uri> = route.upstream.parse().ok();
+        let upstream_ok = upstream.as_ref().is_some_and(|uri| {
+            uri.scheme_str() == Some("http")
+                && uri.authority().is_some_and(|authority| {
+                    !authority.host().is_empty() && !authority.as_str().contains('@')
+                })
+                && uri.query().is_none()
+        });
+        if !upstream_ok {
+            return Err(ConfigError::key(
+                key("upstream"),
+                "must be an http:// URL with a host, no credentials and no query",
+            ));
+        }
+        let decision_ok = route.decision.strip_prefix("data.").is_some_and(|path| {
+            !path.is_empty()
+                && path.split('.').all(|segment| {
+                    !segment.is_empty()
+                        && segment
+                            .bytes()
+                            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_')
+                })
+        });
+        if !decision_ok {
+            return Err(ConfigError::key(
+                key("decision"),
+                "must be a rule path such as data.countersign.proxy.decision",
+            ));
+        }
+        for (field, value) in [
+            ("connect_timeout_ms", route.connect_timeout_ms),
+            (
+                "response_headers_timeout_ms",
+                route.response_headers_timeout_ms,
+            ),
+            ("request_body_bytes_max", route.request_body_bytes_max),
+            ("response_body_bytes_max", route.response_body_bytes_max),
+            (
+                "requests_in_flight_max",
+                route.requests_in_flight_max as u64,
+            ),
+            (
+                "pool_max_idle_per_host",
+                route.pool_max_idle_per_host as u64,
+            ),
+            ("pool_idle_timeout_ms", route.pool_idle_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::key(key(field), "must be greater than 0"));
+            }
+        }
+        if route.response_headers_timeout_ms >= limits.request_timeout_ms {
+            return Err(ConfigError::key(
+                key("response_headers_timeout_ms"),
+                format!(
+                    "must be below limits.request_timeout_ms ({}), which bounds the whole request",
+                    limits.request_timeout_ms
+                ),
+            ));
+        }
+        if route.pool_max_idle_per_host > 1024 {
+            return Err(ConfigError::key(
+                key("pool_max_idle_per_host"),
+                "must be at most 1024",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Applies `COUNTERSIGN__A__B=value` as `a.b = value`.
@@ -480,5 +758,68 @@ mod tests {
             &[("COUNTERSIGN__POLICY__DECISION_TIMEOUT_MS", "0")],
             "policy.decision_timeout_ms",
         );
+    }
+
+    fn check_route_error(route: &str, expected_key: &str) {
+        let mut table = base();
+        let routes: toml::Table = format!(
+            "[[routes]]\nname = \"ok\"\npath_prefix = \"/ok\"\nupstream = \"http://127.0.0.1:9000\"\n[[routes]]\n{route}"
+        )
+        .parse()
+        .unwrap();
+        table.extend(routes);
+        match Config::from_table(table).expect_err("route should be refused") {
+            ConfigError::Key { key, .. } => assert_eq!(key, expected_key, "{route}"),
+            other => panic!("expected a key error, got {other}"),
+        }
+    }
+
+    #[test]
+    fn routes_are_validated_and_errors_name_the_key() {
+        const UP: &str = "http://127.0.0.1:9000";
+        for (name, prefix, upstream, extra, key) in [
+            ("Bad", "/b", UP, "", "routes[1].name"),
+            ("ok", "/b", UP, "", "routes[1].name"),
+            ("b", "b", UP, "", "routes[1].path_prefix"),
+            ("b", "/b/", UP, "", "routes[1].path_prefix"),
+            ("b", "/b/{id}", UP, "", "routes[1].path_prefix"),
+            ("b", "/", UP, "", "routes[1].path_prefix"),
+            ("b", "/v1", UP, "", "routes[1].path_prefix"),
+            ("b", "/v1/transfers/x", UP, "", "routes[1].path_prefix"),
+            ("b", "/metrics", UP, "", "routes[1].path_prefix"),
+            ("b", "/ok/deeper", UP, "", "routes[1].path_prefix"),
+            ("b", "/b", "https://x", "", "routes[1].upstream"),
+            ("b", "/b", "/relative", "", "routes[1].upstream"),
+            ("b", "/b", UP, "decision = \"allow\"", "routes[1].decision"),
+            (
+                "b",
+                "/b",
+                UP,
+                "connect_timeout_ms = 0",
+                "routes[1].connect_timeout_ms",
+            ),
+            (
+                "b",
+                "/b",
+                UP,
+                "response_headers_timeout_ms = 60000",
+                "routes[1].response_headers_timeout_ms",
+            ),
+            ("b", "/b", UP, "surprise = 1", "routes[1].surprise"),
+        ] {
+            let route = format!(
+                "name = \"{name}\"\npath_prefix = \"{prefix}\"\nupstream = \"{upstream}\"\n{extra}"
+            );
+            check_route_error(&route, key);
+        }
+        let mut table = base();
+        table.extend(
+            "[[routes]]\nname = \"statements\"\npath_prefix = \"/statements\"\nupstream = \"http://127.0.0.1:9000/api\"\n"
+                .parse::<toml::Table>()
+                .unwrap(),
+        );
+        let config = Config::from_table(table).unwrap();
+        assert_eq!(config.routes[0].decision, "data.countersign.proxy.decision");
+        assert_eq!(config.routes[0].request_body_bytes_max, 16 * 1024 * 1024);
     }
 }

@@ -97,8 +97,8 @@ pub fn dev_config(
             min_version: "1.3".into(),
         },
         policy: PolicyConfig {
-            bundle,
             decision_timeout_ms: 50,
+            ..PolicyConfig::new(bundle)
         },
         store: StoreConfig {
             url: format!(
@@ -112,6 +112,7 @@ pub fn dev_config(
         limits: Limits::default(),
         log: LogConfig::default(),
         role_mapping: crate::config::default_role_mapping(),
+        routes: Vec::new(),
     };
     (config, pki)
 }

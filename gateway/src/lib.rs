@@ -12,6 +12,8 @@ pub mod http;
 pub mod metrics;
 pub mod pki;
 pub mod policy;
+pub mod proxy;
 pub mod relay;
+pub mod reload;
 pub mod server;
 pub mod tls;

@@ -31,6 +31,7 @@ pub struct Metrics {
     pub audit_backlog_records: Gauge<i64, AtomicI64>,
     pub tls_handshake_failures: Family<Labels, Counter>,
     pub policy_bundle_info: Family<Labels, Gauge<i64, AtomicI64>>,
+    pub policy_reloads: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -91,7 +92,14 @@ impl Metrics {
             "The active policy bundle revision and evaluator (value 1)",
             policy_bundle_info.clone(),
         );
+        let policy_reloads = Family::<Labels, Counter>::default();
+        registry.register(
+            "policy_reloads",
+            "Policy bundle reload attempts by trigger and result (ok, refused)",
+            policy_reloads.clone(),
+        );
         Metrics {
+            policy_reloads,
             registry,
             http_request_duration,
             decisions,
@@ -108,6 +116,17 @@ impl Metrics {
         let mut text = String::new();
         encode(&mut text, &self.registry).expect("writing to a String cannot fail");
         text
+    }
+
+    /// Exposes the active bundle as the only series of `policy_bundle_info`.
+    pub fn set_policy_bundle(&self, revision: &str, evaluator: crate::policy::Evaluator) {
+        self.policy_bundle_info.clear();
+        self.policy_bundle_info
+            .get_or_create(&vec![
+                ("revision", revision.to_owned()),
+                ("evaluator", format!("{evaluator:?}").to_lowercase()),
+            ])
+            .set(1);
     }
 
     pub fn record_decision(&self, action: &str, outcome: &str, reason_codes: &[String]) {

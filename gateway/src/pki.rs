@@ -202,6 +202,7 @@ pub const DEV_CLIENTS: &[(&str, &str)] = &[
     ("approver", "approver-alice"),
     ("auditor", "auditor-bob"),
     ("admin", "admin-carol"),
+    ("policy_client", "payments-service"),
 ];
 
 /// Paths of the files `serve --dev` writes.

@@ -32,7 +32,7 @@ use crate::{
     app::{self, AppState, Caller},
     config::Config,
     policy::{Bundle, PolicyEngine, TRANSFER_DECISION},
-    relay,
+    relay, reload,
     tls::{self, Identity},
 };
 
@@ -64,12 +64,14 @@ pub struct Gateway {
 impl Gateway {
     pub async fn build(config: Config) -> Result<Gateway, StartError> {
         let tls = tls::server_config(&config.tls)?;
-        let bundle = Bundle::load(&config.policy.bundle)?;
+        let bundle = Bundle::load_configured(&config.policy)?;
         let policy = PolicyEngine::compile(
             &bundle,
             TRANSFER_DECISION,
             Duration::from_millis(config.policy.decision_timeout_ms),
         )?;
+        // Proxy routes' rules are compiled now: a bundle without them refuses to start.
+        crate::proxy::prepare_policy(&policy, &config.routes)?;
         let store = SqliteStore::open(
             config.sqlite_path(),
             StoreLimits {
@@ -126,6 +128,21 @@ impl Gateway {
             })
         });
 
+        // Policy reload triggers: file changes (when configured) and SIGHUP. They stop with
+        // the connections; a reload in progress finishes first (it holds the reload lock).
+        let mut reloaders = Vec::new();
+        if state.config.policy.watch {
+            reloaders.push(tokio::spawn(reload::watch_bundle(
+                state.clone(),
+                stop.clone(),
+            )));
+        }
+        #[cfg(unix)]
+        reloaders.push(tokio::spawn(reload::reload_on_hangup(
+            state.clone(),
+            stop.clone(),
+        )));
+
         let router = app::router(state.clone());
         let acceptor = TlsAcceptor::from(self.tls);
         let connection_slots = Arc::new(Semaphore::new(limits.connections_max));
@@ -177,6 +194,9 @@ impl Gateway {
                 drain_ms = limits.shutdown_drain_ms,
                 "drain bound reached; closing remaining connections"
             );
+        }
+        for reloader in reloaders {
+            let _ = reloader.await;
         }
         if let Err(error) = state.store.stop_writer().await {
             tracing::error!(error = %error, "ledger writer did not shut down cleanly");

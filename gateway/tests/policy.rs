@@ -4,7 +4,9 @@
 
 use std::{path::Path, time::Duration};
 
-use countersign::policy::{Bundle, Evaluator, PolicyEngine, TRANSFER_DECISION, run_bundle_tests};
+use countersign::policy::{
+    Bundle, Evaluator, Module, PolicyEngine, TRANSFER_DECISION, run_bundle_tests,
+};
 use serde_json::{Value, json};
 
 fn bundle() -> Bundle {
@@ -27,9 +29,9 @@ fn rego_unit_tests_pass() {
 fn a_failing_rego_test_is_reported() {
     // The runner must be able to fail: a copy of the bundle with one broken expectation.
     let mut broken = bundle();
-    broken.modules.push((
-        "broken_test.rego".into(),
-        "package countersign.broken_test\n\ntest_always_false if { 1 == 2 }\n\ntest_fine if { true }\n".into(),
+    broken.modules.push(Module::v1(
+        "broken_test.rego",
+        "package countersign.broken_test\n\ntest_always_false if { 1 == 2 }\n\ntest_fine if { true }\n",
     ));
     let outcomes = run_bundle_tests(&broken).unwrap();
     let by_name = |name: &str| outcomes.iter().find(|o| o.name == name).unwrap().passed;
@@ -169,12 +171,58 @@ fn vm_and_interpreter_agree_on_a_generated_corpus() {
 #[test]
 fn a_slow_policy_times_out() {
     let mut slow = bundle();
-    slow.modules.push((
-        "slow.rego".into(),
-        "package slow\n\ndecision := count([1 | some i in numbers.range(1, 5000); some j in numbers.range(1, 5000)])\n".into(),
+    slow.modules.push(Module::v1(
+        "slow.rego",
+        "package slow\n\ndecision := count([1 | some i in numbers.range(1, 5000); some j in numbers.range(1, 5000)])\n",
     ));
     let engine =
         PolicyEngine::compile(&slow, "data.slow.decision", Duration::from_millis(20)).unwrap();
     let error = engine.evaluate(&json!({})).expect_err("must time out");
     assert_eq!(error.code(), "policy.timeout", "{error}");
+}
+
+#[test]
+fn proxy_decision_runs_on_the_vm_as_a_sibling_and_agrees_with_the_interpreter() {
+    let engine =
+        PolicyEngine::compile(&bundle(), TRANSFER_DECISION, Duration::from_millis(500)).unwrap();
+    let proxy = engine
+        .for_entrypoint("data.countersign.proxy.decision")
+        .unwrap();
+    assert_eq!(proxy.evaluator(), Evaluator::Vm);
+    assert_eq!(proxy.revision(), engine.revision());
+    // Compiled once per bundle: the second ask returns the same engine.
+    let again = engine
+        .for_entrypoint("data.countersign.proxy.decision")
+        .unwrap();
+    assert!(std::sync::Arc::ptr_eq(&proxy, &again));
+    assert!(
+        engine
+            .for_entrypoint("data.countersign.nope.decision")
+            .is_err()
+    );
+    let request = |role: &str, method: &str, route: &str| {
+        json!({
+            "action": format!("proxy.{route}"),
+            "route": {"name": route, "path_prefix": "/documents"},
+            "attributes": {"request": {"http": {
+                "method": method, "path": "/documents/1?a=b", "query": "a=b",
+                "headers": {"accept": "*/*"},
+            }}},
+            "subject": {"roles": [role]},
+            "context": {"audit": {"enabled": true}},
+        })
+    };
+    for (input, allow) in [
+        (request("channel", "GET", "documents"), true),
+        (request("teller", "PUT", "documents"), true),
+        (request("auditor", "GET", "documents"), false),
+        (request("channel", "DELETE", "documents"), false),
+        (request("channel", "GET", "elsewhere"), false),
+        (json!({}), false),
+        (json!(null), false),
+    ] {
+        let decision = proxy.evaluate(&input).expect("defined");
+        assert_eq!(decision["allow"], allow, "{input}: {decision}");
+        assert_eq!(proxy.evaluate_interpreter(&input).unwrap(), decision);
+    }
 }

@@ -8,5 +8,8 @@ mod concurrency;
 mod fail_closed;
 mod malformed;
 mod mtls;
+mod opa_api;
+mod proxy;
+mod reload;
 mod support;
 mod transfers;

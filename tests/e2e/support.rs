@@ -24,7 +24,14 @@ use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use uuid::Uuid;
 
 /// Roles with a valid client certificate in every test PKI.
-pub const ROLES: &[&str] = &["channel", "teller", "approver", "auditor", "admin"];
+pub const ROLES: &[&str] = &[
+    "channel",
+    "teller",
+    "approver",
+    "auditor",
+    "admin",
+    "policy_client",
+];
 
 pub fn bundle_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
@@ -116,8 +123,8 @@ pub fn test_config(directory: &Path, bundle: PathBuf) -> Config {
             min_version: "1.3".into(),
         },
         policy: PolicyConfig {
-            bundle,
             decision_timeout_ms: 1_000,
+            ..PolicyConfig::new(bundle)
         },
         store: StoreConfig {
             url: format!("sqlite://{}", directory.join("countersign.db").display()),
@@ -128,6 +135,7 @@ pub fn test_config(directory: &Path, bundle: PathBuf) -> Config {
         limits: Limits::default(),
         log: LogConfig::default(),
         role_mapping: countersign::config::default_role_mapping(),
+        routes: Vec::new(),
     }
 }
 
@@ -318,4 +326,21 @@ pub fn fingerprint(certificate_pem: &str) -> String {
     use sha2::{Digest, Sha256};
     let der = CertificateDer::from_pem_slice(certificate_pem.as_bytes()).unwrap();
     hex::encode(Sha256::digest(der.as_ref()))
+}
+
+/// Every audit record of the store, in sequence order (paged: `read_after` caps a page).
+pub async fn all_records(app: &TestApp) -> Vec<countersign_audit::SealedRecord> {
+    let mut records = Vec::new();
+    loop {
+        let after = records
+            .last()
+            .map_or(0, |last: &countersign_audit::SealedRecord| last.sequence);
+        let page = countersign_audit::sqlite::read_after(app.state.store.pool(), after, 1_000)
+            .await
+            .unwrap();
+        if page.is_empty() {
+            return records;
+        }
+        records.extend(page);
+    }
 }

@@ -52,7 +52,22 @@ pub enum ApiError {
         code: &'static str,
         message: String,
     },
+    /// 500: the policy could not be evaluated for a Data API query (audited as an error).
+    PolicyFailed {
+        decision_id: Uuid,
+        message: String,
+    },
     Internal {
+        message: String,
+    },
+    /// 502: a proxy route's upstream could not be reached or broke off the exchange.
+    BadGateway {
+        code: &'static str,
+        message: String,
+    },
+    /// 504: a proxy route's upstream did not send its response headers in time.
+    GatewayTimeout {
+        code: &'static str,
         message: String,
     },
 }
@@ -63,6 +78,11 @@ impl ApiError {
             code,
             message: message.into(),
         }
+    }
+
+    /// A 422 whose message is built at run time (reload errors and the like).
+    pub fn unprocessable_owned(code: &'static str, message: String) -> Self {
+        ApiError::Unprocessable { code, message }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -83,7 +103,11 @@ impl ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Internal { .. } | ApiError::PolicyFailed { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            ApiError::BadGateway { .. } => StatusCode::BAD_GATEWAY,
+            ApiError::GatewayTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -94,7 +118,11 @@ impl ApiError {
             | ApiError::NotFound { code, message }
             | ApiError::Conflict { code, message }
             | ApiError::Unprocessable { code, message }
-            | ApiError::Unavailable { code, message } => json!({"code": code, "message": message}),
+            | ApiError::Unavailable { code, message }
+            | ApiError::BadGateway { code, message }
+            | ApiError::GatewayTimeout { code, message } => {
+                json!({"code": code, "message": message})
+            }
             ApiError::Unauthenticated => json!({
                 "code": "identity.missing",
                 "message": "a verified client certificate is required",
@@ -119,6 +147,14 @@ impl ApiError {
             ApiError::UnsupportedMediaType => json!({
                 "code": "content_type.unsupported",
                 "message": "Content-Type must be application/json",
+            }),
+            ApiError::PolicyFailed {
+                decision_id,
+                message,
+            } => json!({
+                "code": "policy.evaluation_failed",
+                "message": message,
+                "decision_id": decision_id,
             }),
             ApiError::Internal { .. } => json!({
                 "code": "internal",

@@ -1,7 +1,9 @@
 //! HTTP handlers. Wire types live here and are converted to domain types at the edge.
 
 pub mod accounts;
+pub mod admin;
 pub mod error;
+pub mod opa;
 pub mod ops;
 pub mod transfers;
 

@@ -23,7 +23,11 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let body = Json(json!({
         "ready": ready,
         "audit_writable": audit_writable,
-        "policy": {"revision": policy.revision(), "evaluator": policy.evaluator()},
+        "policy": {
+            "revision": policy.revision(),
+            "evaluator": policy.evaluator(),
+            "last_reload": &*state.lock_reload_status(),
+        },
     }));
     let status = if ready {
         StatusCode::OK

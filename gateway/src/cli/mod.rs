@@ -1,4 +1,4 @@
-//! Command line: `serve`, `audit verify`, `policy test`.
+//! Command line: `serve`, `audit verify`, `test`, `eval`, `bundle build`.
 
 use std::{
     net::SocketAddr,
@@ -11,10 +11,13 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use countersign_ledger::SqliteStore;
 
+mod bundle;
+mod eval;
+mod test;
+
 use crate::{
     config::{Config, LogConfig, LogFormat},
     dev,
-    policy::{self, Bundle},
     server::Gateway,
 };
 
@@ -38,10 +41,14 @@ pub enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
-    /// Policy bundle tools.
-    Policy {
+    /// Run Rego unit tests like `opa test`.
+    Test(test::TestArgs),
+    /// Evaluate a Rego query like `opa eval`.
+    Eval(eval::EvalArgs),
+    /// Policy bundle tools (`bundle build`, like `opa build -b`).
+    Bundle {
         #[command(subcommand)]
-        command: PolicyCommand,
+        command: bundle::BundleCommand,
     },
 }
 
@@ -84,16 +91,6 @@ pub struct StoreArgs {
     pub var: PathBuf,
 }
 
-#[derive(Debug, Subcommand)]
-pub enum PolicyCommand {
-    /// Run the bundle's `test_*` rules (see `countersign test` in a later release for the
-    /// full `opa test` interface).
-    Test {
-        #[arg(default_value = "policies")]
-        bundle: PathBuf,
-    },
-}
-
 pub fn main(started: Instant) -> ExitCode {
     let cli = Cli::parse();
     match run(cli, started) {
@@ -130,9 +127,9 @@ fn run(cli: Cli, started: Instant) -> Result<ExitCode> {
         Command::Audit {
             command: AuditCommand::Verify(args),
         } => audit_verify(args),
-        Command::Policy {
-            command: PolicyCommand::Test { bundle },
-        } => policy_test(&bundle),
+        Command::Test(args) => Ok(test::run(args)),
+        Command::Eval(args) => Ok(eval::run(args)),
+        Command::Bundle { command } => bundle::run(command),
     }
 }
 
@@ -261,29 +258,4 @@ fn audit_verify(args: StoreArgs) -> Result<ExitCode> {
             }
         }
     })
-}
-
-fn policy_test(bundle: &Path) -> Result<ExitCode> {
-    let bundle = Bundle::load(bundle)?;
-    let outcomes = policy::run_bundle_tests(&bundle)?;
-    let mut failed = 0;
-    for outcome in &outcomes {
-        if outcome.passed {
-            println!("{}: PASS", outcome.name);
-        } else {
-            failed += 1;
-            println!(
-                "{}: FAIL ({})",
-                outcome.name,
-                outcome.error.as_deref().unwrap_or("not true")
-            );
-        }
-    }
-    println!("{}", "-".repeat(80));
-    println!("PASS: {}/{}", outcomes.len() - failed, outcomes.len());
-    if failed > 0 {
-        println!("FAIL: {failed}/{}", outcomes.len());
-        return Ok(ExitCode::from(2));
-    }
-    Ok(ExitCode::SUCCESS)
 }
