@@ -32,6 +32,7 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::{net::TcpListener, sync::Notify};
 
+use crate::support::copy_tree;
 use crate::support::{TestApp, bundle_path, fingerprint};
 
 const MIB: usize = 1024 * 1024;
@@ -157,19 +158,6 @@ fn route(name: &str, prefix: &str, upstream: String) -> RouteConfig {
         requests_in_flight_max: 64,
         pool_max_idle_per_host: 8,
         pool_idle_timeout_ms: 30_000,
-    }
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
     }
 }
 

@@ -12,23 +12,11 @@ use std::{
 
 use serde_json::Value;
 
+use crate::support::copy_tree;
 use crate::support::{TestApp, bundle_path, transfer};
 
 const LOAD_CLIENTS: usize = 8;
 const SWAPS: usize = 20;
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
 
 fn bundle_copy(directory: &Path, revision: &str) -> PathBuf {
     let bundle = directory.join("bundle");

@@ -24,14 +24,7 @@ use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use uuid::Uuid;
 
 /// Roles with a valid client certificate in every test PKI.
-pub const ROLES: &[&str] = &[
-    "channel",
-    "teller",
-    "approver",
-    "auditor",
-    "admin",
-    "policy_client",
-];
+pub const ROLES: &[&str] = countersign::config::KNOWN_ROLES;
 
 pub fn bundle_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies")
@@ -342,5 +335,19 @@ pub async fn all_records(app: &TestApp) -> Vec<countersign_audit::SealedRecord> 
             return records;
         }
         records.extend(page);
+    }
+}
+
+/// Copies a directory tree (a bundle, for tests that change it).
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
     }
 }

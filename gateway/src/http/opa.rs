@@ -110,14 +110,9 @@ pub async fn data(
         outcome,
     };
     state.store.append_audit(vec![record]).await?;
-    let outcome_label = match outcome {
-        Outcome::Allow => "allow",
-        Outcome::Deny => "deny",
-        _ => "error",
-    };
     state
         .metrics
-        .record_decision(ACTION_DATA, outcome_label, &[]);
+        .record_decision(ACTION_DATA, outcome.as_str(), &[]);
     match evaluated {
         Ok(Some(result)) => {
             Ok(Json(json!({"result": result, "decision_id": decision_id})).into_response())

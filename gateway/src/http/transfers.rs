@@ -479,6 +479,69 @@ pub fn parse_decision(document: &Value) -> Result<(bool, Vec<Reason>), String> {
     Ok((allow, reasons))
 }
 
+/// A decision as recorded: what the policy said, or a fail-closed deny when it could not say.
+pub struct Decided {
+    pub allow: bool,
+    pub reasons: Vec<Reason>,
+    /// `Allow`, `Deny`, or `Error` when the policy failed (and the answer is a deny).
+    pub outcome: Outcome,
+    /// The decision document, or `{allow: false, reasons, error}` on failure.
+    pub result: Value,
+}
+
+/// Evaluates a decision document (`{allow, reasons, ...}`) and fails closed: an evaluation
+/// error, a timeout, an undefined or malformed document is a deny with outcome `error`.
+/// Records the evaluation time and the decision metrics. Shared by transfers and proxy routes.
+pub fn decide_fail_closed(
+    state: &AppState,
+    action: &str,
+    subject_of_refusal: &str,
+    evaluate: impl FnOnce() -> Result<Value, crate::policy::PolicyError>,
+) -> Decided {
+    let started = Instant::now();
+    let evaluated = evaluate();
+    state
+        .metrics
+        .policy_evaluation_duration
+        .observe(started.elapsed().as_secs_f64());
+    let decided = match evaluated
+        .map_err(|error| (error.code(), error.to_string()))
+        .and_then(|document| {
+            parse_decision(&document)
+                .map(|(allow, reasons)| (allow, reasons, document))
+                .map_err(|message| ("policy.error", message))
+        }) {
+        Ok((allow, reasons, document)) => Decided {
+            allow,
+            reasons,
+            outcome: if allow { Outcome::Allow } else { Outcome::Deny },
+            result: document,
+        },
+        Err((code, message)) => {
+            tracing::warn!(error = %message, code, action, "policy evaluation failed; denying");
+            let reasons = vec![Reason {
+                code: code.to_owned(),
+                message: format!(
+                    "policy could not decide, {subject_of_refusal} refused: {message}"
+                ),
+            }];
+            let result = json!({"allow": false, "reasons": &reasons, "error": message});
+            Decided {
+                allow: false,
+                reasons,
+                outcome: Outcome::Error,
+                result,
+            }
+        }
+    };
+    state.metrics.record_decision(
+        action,
+        decided.outcome.as_str(),
+        &reason_codes(&decided.reasons),
+    );
+    decided
+}
+
 pub fn subject_of(caller: &Caller) -> Subject {
     Subject {
         fingerprint_sha256: caller.identity.fingerprint_sha256.clone(),
@@ -498,41 +561,14 @@ fn decide_transfer_now(
     context: &DecisionContext,
 ) -> Verdict {
     let input = policy_input(caller, transfer, request_id, context);
-    let started = Instant::now();
-    let evaluated = policy.evaluate(&input);
-    state
-        .metrics
-        .policy_evaluation_duration
-        .observe(started.elapsed().as_secs_f64());
-    let (allow, reasons, outcome, result) = match evaluated
-        .map_err(|error| (error.code(), error.to_string()))
-        .and_then(|document| {
-            parse_decision(&document)
-                .map(|(allow, reasons)| (allow, reasons, document))
-                .map_err(|message| ("policy.error", message))
-        }) {
-        Ok((allow, reasons, document)) => {
-            let outcome = if allow { Outcome::Allow } else { Outcome::Deny };
-            (allow, reasons, outcome, document)
-        }
-        Err((code, message)) => {
-            tracing::warn!(error = %message, code, "policy evaluation failed; denying");
-            let reasons = vec![Reason {
-                code: code.to_owned(),
-                message: format!("policy could not decide, transfer refused: {message}"),
-            }];
-            let result = json!({"allow": false, "reasons": &reasons, "error": message});
-            (false, reasons, Outcome::Error, result)
-        }
-    };
-    let outcome_label = match outcome {
-        Outcome::Allow => "allow",
-        Outcome::Deny => "deny",
-        _ => "error",
-    };
-    state
-        .metrics
-        .record_decision(ACTION_TRANSFER, outcome_label, &reason_codes(&reasons));
+    let Decided {
+        allow,
+        reasons,
+        outcome,
+        result,
+    } = decide_fail_closed(state, ACTION_TRANSFER, "transfer", || {
+        policy.evaluate(&input)
+    });
     let decision_id = Uuid::now_v7();
     Verdict {
         allow,

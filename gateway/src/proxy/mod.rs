@@ -19,7 +19,7 @@
 mod forward;
 mod input;
 
-use std::{sync::Arc, time::Instant};
+use std::sync::Arc;
 
 use axum::{
     Extension, Router,
@@ -27,9 +27,8 @@ use axum::{
     response::Response,
     routing::any,
 };
-use countersign_audit::{NewRecord, Outcome, RecordKind};
-use countersign_ledger::{LedgerError, Reason};
-use serde_json::json;
+use countersign_audit::{NewRecord, RecordKind};
+use countersign_ledger::LedgerError;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -40,7 +39,7 @@ use crate::{
     config::RouteConfig,
     http::{
         ApiError,
-        transfers::{parse_decision, subject_of},
+        transfers::{Decided, decide_fail_closed, subject_of},
     },
     policy::{PolicyEngine, PolicyError},
 };
@@ -140,36 +139,16 @@ async fn decide_and_audit(
     // The engine active when the request started decides it, even if a reload swaps it
     // meanwhile; the sibling for the route's rule was compiled when that engine was built.
     let engine = state.policy.load_full();
-    let started = Instant::now();
-    let evaluated = engine
-        .for_entrypoint(&route.config.decision)
-        .and_then(|decider| decider.evaluate(&input));
-    state
-        .metrics
-        .policy_evaluation_duration
-        .observe(started.elapsed().as_secs_f64());
-    let (allow, reasons, outcome, result) = match evaluated
-        .map_err(|error| (error.code(), error.to_string()))
-        .and_then(|document| {
-            parse_decision(&document)
-                .map(|(allow, reasons)| (allow, reasons, document))
-                .map_err(|message| ("policy.error", message))
-        }) {
-        Ok((allow, reasons, document)) => {
-            let outcome = if allow { Outcome::Allow } else { Outcome::Deny };
-            (allow, reasons, outcome, document)
-        }
-        Err((code, message)) => {
-            // Fail closed: no decision is a deny, recorded as an error.
-            tracing::warn!(route = %route.config.name, error = %message, code, "proxy policy evaluation failed; denying");
-            let reasons = vec![Reason {
-                code: code.to_owned(),
-                message: format!("policy could not decide, request refused: {message}"),
-            }];
-            let result = json!({"allow": false, "reasons": &reasons, "error": message});
-            (false, reasons, Outcome::Error, result)
-        }
-    };
+    let Decided {
+        allow,
+        reasons,
+        outcome,
+        result,
+    } = decide_fail_closed(state, &route.action, "request", || {
+        engine
+            .for_entrypoint(&route.config.decision)
+            .and_then(|decider| decider.evaluate(&input))
+    });
     let decision_id = Uuid::now_v7();
     let record = NewRecord {
         record_id: Uuid::now_v7(),
@@ -196,15 +175,7 @@ async fn decide_and_audit(
             },
         });
     }
-    let outcome_label = match outcome {
-        Outcome::Allow => "allow",
-        Outcome::Deny => "deny",
-        _ => "error",
-    };
     let reason_codes: Vec<String> = reasons.iter().map(|reason| reason.code.clone()).collect();
-    state
-        .metrics
-        .record_decision(&route.action, outcome_label, &reason_codes);
     if allow {
         tracing::debug!(route = %route.config.name, %decision_id, decision = "allow", "proxy request allowed");
         Ok(decision_id)
