@@ -126,6 +126,7 @@ async fn decide_and_audit(
 ) -> Result<Uuid, ApiError> {
     let now = OffsetDateTime::now_utc();
     let request_id = Uuid::now_v7();
+    let audit_enabled = state.store.check_audit_writable().await;
     let input = input::policy_input(
         &route.config,
         caller,
@@ -133,7 +134,7 @@ async fn decide_and_audit(
         input::Context {
             now,
             request_id,
-            audit_enabled: state.store.audit_writable(),
+            audit_enabled,
         },
     );
     // The engine active when the request started decides it, even if a reload swaps it

@@ -228,6 +228,16 @@ impl SqliteStore {
             .await
     }
 
+    /// Whether the audit trail is writable right now. When it was last seen failing, an
+    /// empty command goes through the writer, whose batch start probes the trail, so a
+    /// recovered volume is noticed before a decision is made on the stale flag.
+    pub async fn check_audit_writable(&self) -> bool {
+        if !self.audit_writable() {
+            let _ = self.append_audit(Vec::new()).await;
+        }
+        self.audit_writable()
+    }
+
     pub async fn account(&self, id: &AccountId) -> Result<Option<Account>, LedgerError> {
         let mut connection = self.read_pool.acquire().await?;
         rows::load_account(&mut connection, id).await
