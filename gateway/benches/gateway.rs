@@ -11,7 +11,6 @@
 
 use std::{
     path::Path,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -277,7 +276,6 @@ async fn bench_transfers(scale: &Scale, batch_commands_max: usize, label: &str) 
     );
     let _ = shutdown.send(());
     server.await.unwrap().unwrap();
-    let _ = Arc::strong_count(&state);
 }
 
 fn main() {

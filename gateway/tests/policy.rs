@@ -179,6 +179,10 @@ fn a_slow_policy_times_out() {
         PolicyEngine::compile(&slow, "data.slow.decision", Duration::from_millis(20)).unwrap();
     let error = engine.evaluate(&json!({})).expect_err("must time out");
     assert_eq!(error.code(), "policy.timeout", "{error}");
+    let error = engine
+        .evaluate_interpreter(&json!({}))
+        .expect_err("the interpreter must time out too");
+    assert_eq!(error.code(), "policy.timeout", "{error}");
 }
 
 #[test]

@@ -3,9 +3,7 @@
 
 use std::path::Path;
 
-use serde_json::Value;
-
-use crate::support::{ALICE, BOB, TestApp, transfer};
+use crate::support::{ALICE, AuditOutage, BOB, TestApp, readiness, transfer};
 
 /// A bundle with only `decision.rego` holding `source`.
 fn bundle_with(directory: &Path, source: &str) -> std::path::PathBuf {
@@ -86,16 +84,6 @@ async fn a_slow_policy_denies() {
     .await;
 }
 
-async fn readiness(app: &TestApp) -> (u16, Value) {
-    let response = app
-        .client("auditor")
-        .get(format!("{}/readyz", app.base_url))
-        .send()
-        .await
-        .unwrap();
-    (response.status().as_u16(), response.json().await.unwrap())
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unwritable_audit_trail_posts_nothing_and_recovers() {
     let app = TestApp::spawn().await;
@@ -104,16 +92,7 @@ async fn an_unwritable_audit_trail_posts_nothing_and_recovers() {
     let records_before = app.audit_count().await;
 
     // Make every audit insert fail, as a full or read-only audit volume would.
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", app.database_path().display()))
-        .await
-        .unwrap();
-    sqlx::query(
-        "CREATE TRIGGER audit_unwritable BEFORE INSERT ON audit_records \
-         BEGIN SELECT RAISE(ABORT, 'audit volume unavailable'); END",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+    let outage = AuditOutage::begin(&app).await;
 
     let (status, body) = app
         .post_transfer("au-1", &transfer(ALICE, BOB, "1.00"))
@@ -126,11 +105,7 @@ async fn an_unwritable_audit_trail_posts_nothing_and_recovers() {
     assert_eq!(ready["audit_writable"], false);
 
     // The volume comes back: the next transfer posts and readiness returns.
-    sqlx::query("DROP TRIGGER audit_unwritable")
-        .execute(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
+    outage.end().await;
     let (status, body) = app
         .post_transfer("au-2", &transfer(ALICE, BOB, "1.00"))
         .await;

@@ -32,8 +32,7 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::{net::TcpListener, sync::Notify};
 
-use crate::support::copy_tree;
-use crate::support::{TestApp, bundle_path, fingerprint};
+use crate::support::{AuditOutage, TestApp, bundle_path, copy_tree, fingerprint};
 
 const MIB: usize = 1024 * 1024;
 /// Far above `limits.body_bytes_max` (16 KiB) and any buffer on the way.
@@ -542,17 +541,7 @@ async fn an_unwritable_audit_trail_forwards_nothing() {
     assert_eq!(test.upstream.signals.echoed.load(Ordering::SeqCst), 1);
 
     // Every audit insert fails, as on a full or read-only audit volume.
-    let pool =
-        sqlx::SqlitePool::connect(&format!("sqlite://{}", test.app.database_path().display()))
-            .await
-            .unwrap();
-    sqlx::query(
-        "CREATE TRIGGER audit_unwritable BEFORE INSERT ON audit_records \
-         BEGIN SELECT RAISE(ABORT, 'audit volume unavailable'); END",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+    let outage = AuditOutage::begin(&test.app).await;
     for _ in 0..2 {
         let response = client.get(&echo).send().await.unwrap();
         assert_eq!(response.status(), 503);
@@ -563,11 +552,7 @@ async fn an_unwritable_audit_trail_forwards_nothing() {
 
     // The volume comes back. The proxy has the trail probed before it decides, so the very
     // next request sees `audit.enabled` true again and goes through.
-    sqlx::query("DROP TRIGGER audit_unwritable")
-        .execute(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
+    outage.end().await;
     assert_eq!(client.get(&echo).send().await.unwrap().status(), 200);
     assert_eq!(test.upstream.signals.echoed.load(Ordering::SeqCst), 2);
     let outcomes: Vec<Outcome> = test

@@ -12,8 +12,7 @@ use std::{
 
 use serde_json::Value;
 
-use crate::support::copy_tree;
-use crate::support::{TestApp, bundle_path, transfer};
+use crate::support::{TestApp, bundle_path, copy_tree, readiness, transfer};
 
 const LOAD_CLIENTS: usize = 8;
 const SWAPS: usize = 20;
@@ -39,17 +38,6 @@ async fn reload(app: &TestApp) -> (u16, Value) {
         .await
         .unwrap();
     (response.status().as_u16(), response.json().await.unwrap())
-}
-
-async fn readiness(app: &TestApp) -> Value {
-    app.client("auditor")
-        .get(format!("{}/readyz", app.base_url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
 }
 
 fn account(index: usize) -> String {
@@ -141,7 +129,7 @@ async fn swapping_the_bundle_under_load_fails_no_request() {
         body["message"].as_str().unwrap().contains("broken.rego"),
         "{body}"
     );
-    let ready = readiness(&app).await;
+    let ready = readiness(&app).await.1;
     assert_eq!(ready["ready"], true, "{ready}");
     assert_eq!(ready["policy"]["revision"], format!("rev-{SWAPS}"));
     assert!(
@@ -172,7 +160,7 @@ async fn swapping_the_bundle_under_load_fails_no_request() {
         "{body}"
     );
     assert_eq!(
-        readiness(&app).await["policy"]["revision"],
+        readiness(&app).await.1["policy"]["revision"],
         format!("rev-{SWAPS}")
     );
     std::fs::remove_file(&failing).unwrap();
@@ -181,7 +169,7 @@ async fn swapping_the_bundle_under_load_fails_no_request() {
     set_revision(&bundle, "rev-fixed");
     let (status, body) = reload(&app).await;
     assert_eq!(status, 200, "{body}");
-    let ready = readiness(&app).await;
+    let ready = readiness(&app).await.1;
     assert_eq!(ready["policy"]["revision"], "rev-fixed");
     assert!(
         ready["policy"]["last_reload"]["last_error"].is_null(),
@@ -205,12 +193,12 @@ async fn a_changed_bundle_file_is_picked_up_by_the_watcher() {
         config.policy.watch_debounce_ms = 50;
     })
     .await;
-    assert_eq!(readiness(&app).await["policy"]["revision"], "watched-1");
+    assert_eq!(readiness(&app).await.1["policy"]["revision"], "watched-1");
     set_revision(&bundle, "watched-2");
     // Event-driven; the bound only keeps a broken watcher from hanging the suite.
     let mut revision = Value::Null;
     for _ in 0..200 {
-        revision = readiness(&app).await["policy"]["revision"].clone();
+        revision = readiness(&app).await.1["policy"]["revision"].clone();
         if revision == "watched-2" {
             break;
         }

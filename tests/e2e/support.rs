@@ -351,3 +351,45 @@ pub fn copy_tree(from: &Path, to: &Path) {
         }
     }
 }
+
+/// `GET /readyz` as the auditor: status and body.
+pub async fn readiness(app: &TestApp) -> (u16, Value) {
+    let response = app
+        .client("auditor")
+        .get(format!("{}/readyz", app.base_url))
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+/// An outage of the audit volume, simulated by a trigger that makes every audit insert fail
+/// (as a full or read-only volume would); `end` brings the volume back.
+pub struct AuditOutage {
+    pool: sqlx::SqlitePool,
+}
+
+impl AuditOutage {
+    pub async fn begin(app: &TestApp) -> AuditOutage {
+        let pool =
+            sqlx::SqlitePool::connect(&format!("sqlite://{}", app.database_path().display()))
+                .await
+                .unwrap();
+        sqlx::query(
+            "CREATE TRIGGER audit_unwritable BEFORE INSERT ON audit_records \
+             BEGIN SELECT RAISE(ABORT, 'audit volume unavailable'); END",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        AuditOutage { pool }
+    }
+
+    pub async fn end(self) {
+        sqlx::query("DROP TRIGGER audit_unwritable")
+            .execute(&self.pool)
+            .await
+            .unwrap();
+        self.pool.close().await;
+    }
+}

@@ -32,7 +32,7 @@ pub async fn reload_policy(
             "evaluator": engine.evaluator(),
         }))
         .into_response()),
-        Err(error) => Err(ApiError::unprocessable_owned(
+        Err(error) => Err(ApiError::unprocessable(
             "policy.reload_refused",
             format!(
                 "{error}; revision {} stays active",

@@ -80,11 +80,6 @@ impl ApiError {
         }
     }
 
-    /// A 422 whose message is built at run time (reload errors and the like).
-    pub fn unprocessable_owned(code: &'static str, message: String) -> Self {
-        ApiError::Unprocessable { code, message }
-    }
-
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         ApiError::BadRequest {
             code,
@@ -218,7 +213,7 @@ impl From<LedgerError> for ApiError {
             other => ApiError::Unavailable {
                 code: "store.unavailable",
                 message: format!(
-                    "the ledger or audit trail cannot be written; nothing was posted ({other})"
+                    "the ledger or audit trail cannot be written; nothing was posted or forwarded ({other})"
                 ),
             },
         }

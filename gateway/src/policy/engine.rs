@@ -11,7 +11,10 @@ use std::{
 use regorus::{
     Engine, Value,
     languages::rego::compiler::Compiler,
-    rvm::{program::Program, vm::RegoVM},
+    rvm::{
+        program::Program,
+        vm::{RegoVM, VmError},
+    },
     utils::limits::ExecutionTimerConfig,
 };
 use serde::Serialize;
@@ -190,7 +193,7 @@ impl PolicyEngine {
         engine.set_input(Value::from(input.clone()));
         let result = engine
             .eval_rule(self.entrypoint.clone())
-            .map_err(|error| self.classify(error.to_string()))?;
+            .map_err(|error| self.classify_interpreter(error))?;
         to_json(result)
     }
 
@@ -230,19 +233,30 @@ impl PolicyEngine {
                 }
                 value
             }
-            Err(error) => return Err(self.classify(error.to_string())),
+            Err(error) => return Err(self.classify_vm(error)),
         };
         to_json(result)
     }
 
-    fn classify(&self, message: String) -> PolicyError {
-        let lowered = message.to_ascii_lowercase();
-        if lowered.contains("time limit") || lowered.contains("timelimit") {
-            PolicyError::Timeout(self.timeout_ms)
-        } else if lowered.contains("instruction limit") {
-            PolicyError::LimitExceeded(message)
-        } else {
-            PolicyError::Evaluation(message)
+    /// The VM reports its limits as typed errors.
+    fn classify_vm(&self, error: VmError) -> PolicyError {
+        match error {
+            VmError::TimeLimitExceeded { .. } => PolicyError::Timeout(self.timeout_ms),
+            VmError::InstructionLimitExceeded { .. } => {
+                PolicyError::LimitExceeded(error.to_string())
+            }
+            other => PolicyError::Evaluation(other.to_string()),
+        }
+    }
+
+    /// The interpreter's errors are `anyhow`; its time limit arrives as a `LimitError`.
+    fn classify_interpreter(&self, error: anyhow::Error) -> PolicyError {
+        match error.downcast_ref::<regorus::LimitError>() {
+            Some(regorus::LimitError::TimeLimitExceeded { .. }) => {
+                PolicyError::Timeout(self.timeout_ms)
+            }
+            Some(limit) => PolicyError::LimitExceeded(limit.to_string()),
+            None => PolicyError::Evaluation(error.to_string()),
         }
     }
 }
@@ -300,7 +314,7 @@ impl PolicyEngine {
         engine.set_input(input.map_or(Value::Undefined, |input| Value::from(input.clone())));
         let results = engine
             .eval_query(path.to_owned(), false)
-            .map_err(|error| self.classify(error.to_string()))?;
+            .map_err(|error| self.classify_interpreter(error))?;
         let value = results
             .result
             .into_iter()

@@ -28,7 +28,6 @@ use axum::{
     routing::any,
 };
 use countersign_audit::{NewRecord, RecordKind};
-use countersign_ledger::LedgerError;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -166,15 +165,7 @@ async fn decide_and_audit(
     };
     if let Err(error) = state.store.append_audit(vec![record]).await {
         tracing::error!(route = %route.config.name, %decision_id, error = %error, "proxy decision could not be audited; not forwarding");
-        return Err(match error {
-            LedgerError::Overloaded | LedgerError::ShuttingDown => ApiError::from(error),
-            other => ApiError::Unavailable {
-                code: "store.unavailable",
-                message: format!(
-                    "the audit trail cannot be written; the request was not forwarded ({other})"
-                ),
-            },
-        });
+        return Err(ApiError::from(error));
     }
     let reason_codes: Vec<String> = reasons.iter().map(|reason| reason.code.clone()).collect();
     if allow {
