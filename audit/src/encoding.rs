@@ -1,10 +1,10 @@
 //! The canonical byte encoding of an audit record, and the hash chain built on it.
 //!
-//! Layout (format v1), every field written as `u32 big-endian length || bytes`:
+//! Layout (format v2; v2 added field 16), every field written as `u32 big-endian length || bytes`:
 //!
 //! | # | field                | bytes                                                     |
 //! |---|----------------------|-----------------------------------------------------------|
-//! | 1 | format version tag   | `countersign-audit/v1`                                    |
+//! | 1 | format version tag   | `countersign-audit/v2`                                    |
 //! | 2 | sequence             | 8 bytes, i64 big-endian                                   |
 //! | 3 | record_id            | UUID, lowercase hyphenated text                           |
 //! | 4 | kind                 | `decision` / `posting`                                    |
@@ -19,8 +19,9 @@
 //! |13 | result               | canonical JSON                                            |
 //! |14 | bundle_revision      | text                                                      |
 //! |15 | outcome              | `allow` / `deny` / `error` / `posted`                     |
+//! |16 | redaction            | canonical JSON `{"erased":[..],"error":..,"masked":[..]}` |
 //!
-//! Fields 3–15 are byte-for-byte the text stored in the `audit_records` columns. That is
+//! Fields 3–16 are byte-for-byte the text stored in the `audit_records` columns. That is
 //! deliberate: an auditor can re-check the chain with nothing but SQLite and SHA-256, without
 //! reimplementing our UUID, time or JSON handling.
 //!
@@ -34,7 +35,7 @@ use time::{OffsetDateTime, UtcOffset, format_description::well_known::Rfc3339};
 use crate::{AuditError, NewRecord};
 
 /// Identifies the layout above; part of every hash so a future layout can never collide.
-pub const FORMAT_VERSION_TAG: &[u8] = b"countersign-audit/v1";
+pub const FORMAT_VERSION_TAG: &[u8] = b"countersign-audit/v2";
 
 /// The `previous_hash` of the first record in the chain.
 pub const GENESIS_PREVIOUS_HASH: [u8; 32] = [0; 32];
@@ -93,6 +94,7 @@ pub(crate) struct Columns {
     pub result: String,
     pub bundle_revision: String,
     pub outcome: String,
+    pub redaction: String,
 }
 
 impl Columns {
@@ -119,11 +121,12 @@ impl Columns {
             result: canonical_json(&record.result),
             bundle_revision: record.bundle_revision.clone(),
             outcome: record.outcome.as_str().to_owned(),
+            redaction: record.redaction.to_canonical_json(),
         }
     }
 
     /// Every field with its column name, for size checks and error messages.
-    fn named_fields(&self) -> [(&'static str, Option<&str>); 13] {
+    fn named_fields(&self) -> [(&'static str, Option<&str>); 14] {
         [
             ("record_id", Some(&self.record_id)),
             ("kind", Some(&self.kind)),
@@ -138,6 +141,7 @@ impl Columns {
             ("result", Some(&self.result)),
             ("bundle_revision", Some(&self.bundle_revision)),
             ("outcome", Some(&self.outcome)),
+            ("redaction", Some(&self.redaction)),
         ]
     }
 
@@ -177,6 +181,7 @@ fn encode_columns(sequence: i64, columns: &Columns) -> Vec<u8> {
     push_field(&mut out, columns.result.as_bytes());
     push_field(&mut out, columns.bundle_revision.as_bytes());
     push_field(&mut out, columns.outcome.as_bytes());
+    push_field(&mut out, columns.redaction.as_bytes());
     out
 }
 
@@ -399,6 +404,7 @@ mod tests {
             result: json!({"allow": false, "reasons": ["limit_exceeded"], "limit_minor_units": 10000}),
             bundle_revision: "rev-2026-03-01".to_owned(),
             outcome: Outcome::Deny,
+            redaction: Default::default(),
         }
     }
 
@@ -411,7 +417,7 @@ mod tests {
         let hash = chain_hash(&GENESIS_PREVIOUS_HASH, 1, &fixed_record());
         assert_eq!(
             hex::encode(hash),
-            "c3fac00fb4a999ffced081da4962e9cd432dd7c6b3b0c20b3b7c6154ce1ab330"
+            "937e877cd04c25b9ac4248d41dd35648e85c806639c4e82b0d0882796339db26"
         );
     }
 

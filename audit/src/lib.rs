@@ -116,6 +116,60 @@ pub struct NewRecord {
     pub result: serde_json::Value,
     pub bundle_revision: String,
     pub outcome: Outcome,
+    /// What the bundle's decision-log mask policy removed or replaced (OPA's `erased` and
+    /// `masked`); empty when the bundle has no `system.log.mask` rule or the record is not a
+    /// policy decision.
+    #[serde(default)]
+    pub redaction: Redaction,
+}
+
+/// The decision-log mask's effect on one record, as JSON pointers under `/input` and `/result`.
+///
+/// An erased `/input` (or `/result`) is stored as JSON `null`; the pointer in `erased` is what
+/// tells it apart from a policy input that was `null`. When the mask policy itself failed, the
+/// record is still written, with the whole input erased and the failure in `error`: a mask
+/// error never drops a record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Redaction {
+    /// Pointers removed, in the order the mask applied them.
+    pub erased: Vec<String>,
+    /// Pointers whose value the mask replaced (upsert), in order.
+    pub masked: Vec<String>,
+    /// Why masking failed, if it did.
+    pub error: Option<String>,
+}
+
+impl Redaction {
+    pub fn is_empty(&self) -> bool {
+        self.erased.is_empty() && self.masked.is_empty() && self.error.is_none()
+    }
+
+    /// True if the whole document at `pointer` (`/input` or `/result`) was erased.
+    pub fn erased_whole(&self, pointer: &str) -> bool {
+        self.erased.iter().any(|erased| erased == pointer)
+    }
+
+    /// The canonical JSON stored in the `redaction` column (and hashed).
+    pub fn to_canonical_json(&self) -> String {
+        let strings = |items: &[String]| {
+            serde_json::Value::Array(
+                items
+                    .iter()
+                    .map(|item| serde_json::Value::String(item.clone()))
+                    .collect(),
+            )
+        };
+        let mut object = serde_json::Map::new();
+        object.insert("erased".to_owned(), strings(&self.erased));
+        object.insert("masked".to_owned(), strings(&self.masked));
+        object.insert(
+            "error".to_owned(),
+            self.error
+                .clone()
+                .map_or(serde_json::Value::Null, serde_json::Value::String),
+        );
+        canonical_json(&serde_json::Value::Object(object))
+    }
 }
 
 /// A record with its place in the hash chain.

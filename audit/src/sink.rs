@@ -103,12 +103,11 @@ impl Default for DecisionLogLabels {
 /// `countersign.kind`.
 pub fn decision_log_event(sealed: &SealedRecord, labels: &DecisionLogLabels) -> Value {
     let record = &sealed.record;
-    json!({
+    let redaction = &record.redaction;
+    let mut event = json!({
         "decision_id": record.decision_id.hyphenated().to_string(),
         "labels": { "id": labels.id, "version": labels.version },
         "path": decision_path(&record.action),
-        "input": record.masked_input,
-        "result": record.result,
         "timestamp": format_timestamp(record.timestamp),
         // The record does not carry evaluation timings; OPA consumers expect the key.
         "metrics": {},
@@ -128,7 +127,25 @@ pub fn decision_log_event(sealed: &SealedRecord, labels: &DecisionLogLabels) -> 
                 "roles": record.subject.roles,
             },
         },
-    })
+    });
+    // As OPA writes a masked event: an erased document is absent, and `erased` / `masked`
+    // appear only when the mask did something.
+    if !redaction.erased_whole("/input") {
+        event["input"] = record.masked_input.clone();
+    }
+    if !redaction.erased_whole("/result") {
+        event["result"] = record.result.clone();
+    }
+    if !redaction.erased.is_empty() {
+        event["erased"] = json!(redaction.erased);
+    }
+    if !redaction.masked.is_empty() {
+        event["masked"] = json!(redaction.masked);
+    }
+    if let Some(error) = &redaction.error {
+        event["countersign"]["mask_error"] = json!(error);
+    }
+    event
 }
 
 /// An append-only JSON Lines decision log: one canonical-JSON event per line, fsynced per batch.

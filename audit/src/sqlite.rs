@@ -42,6 +42,7 @@ const SCHEMA_STATEMENTS: [&str; 5] = [
         result TEXT NOT NULL,
         bundle_revision TEXT NOT NULL,
         outcome TEXT NOT NULL,
+        redaction TEXT NOT NULL,
         previous_hash BLOB NOT NULL CHECK (length(previous_hash) = 32),
         hash BLOB NOT NULL CHECK (length(hash) = 32)
     ) STRICT",
@@ -58,14 +59,14 @@ macro_rules! record_columns {
     () => {
         "sequence, record_id, kind, decision_id, timestamp, subject_fingerprint, \
          subject_common_name, subject_roles, source_address, action, masked_input, result, \
-         bundle_revision, outcome, previous_hash, hash"
+         bundle_revision, outcome, redaction, previous_hash, hash"
     };
 }
 
 const INSERT_RECORD: &str = concat!(
     "INSERT INTO audit_records (",
     record_columns!(),
-    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
 );
 
 const SELECT_AFTER: &str = concat!(
@@ -195,6 +196,7 @@ pub async fn append(
             .bind(columns.result)
             .bind(columns.bundle_revision)
             .bind(columns.outcome)
+            .bind(columns.redaction)
             .bind(previous_hash.to_vec())
             .bind(hash.to_vec())
             .execute(&mut *conn)
@@ -233,6 +235,7 @@ pub async fn probe_writable(conn: &mut SqliteConnection) -> Result<(), AuditErro
         result: serde_json::Value::Null,
         bundle_revision: "probe".into(),
         outcome: crate::Outcome::Error,
+        redaction: Default::default(),
     };
     let appended = append(&mut *conn, vec![probe]).await;
     sqlx::query("ROLLBACK TO audit_probe")
@@ -500,6 +503,7 @@ impl StoredRow {
                 result: text(row, "result")?,
                 bundle_revision: text(row, "bundle_revision")?,
                 outcome: text(row, "outcome")?,
+                redaction: text(row, "redaction")?,
             },
             previous_hash: hash(row, "previous_hash")?,
             hash: hash(row, "hash")?,
@@ -536,6 +540,8 @@ impl StoredRow {
             bundle_revision: columns.bundle_revision.clone(),
             outcome: Outcome::parse(&columns.outcome)
                 .ok_or_else(|| format!("outcome: unknown value {:?}", columns.outcome))?,
+            redaction: serde_json::from_str(&columns.redaction)
+                .map_err(|error| format!("redaction: {error}"))?,
         };
         Ok(SealedRecord {
             sequence: self.sequence,

@@ -393,7 +393,7 @@ async fn detects_planted_rows_before_genesis() {
     check_tamper(
         "INSERT INTO audit_records SELECT 0, 'planted', kind, decision_id, timestamp,
              subject_fingerprint, subject_common_name, subject_roles, source_address, action,
-             masked_input, result, bundle_revision, outcome, previous_hash, hash
+             masked_input, result, bundle_revision, outcome, redaction, previous_hash, hash
          FROM audit_records WHERE sequence = 1",
         0,
         BreakKind::UnexpectedSequence,

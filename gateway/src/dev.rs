@@ -147,6 +147,7 @@ pub fn system_record(
         result: json!({"allow": true, "reasons": []}),
         bundle_revision: bundle_revision.to_owned(),
         outcome: Outcome::Allow,
+        redaction: Default::default(),
     }
 }
 
@@ -176,6 +177,7 @@ pub async fn seed_demo_accounts(
             result: json!({"allow": true, "reasons": [], "rule": "dev seed"}),
             bundle_revision: bundle_revision.to_owned(),
             outcome: Outcome::Allow,
+            redaction: Default::default(),
         };
         // Open active, fund, then apply the demo status (a frozen account still has money).
         store

@@ -191,6 +191,7 @@ pub async fn reload(
         } else {
             Outcome::Error
         },
+        redaction: Default::default(),
     };
     if let Err(error) = state.store.append_audit(vec![record]).await {
         tracing::error!(error = %error, "cannot audit the policy reload");
@@ -198,47 +199,65 @@ pub async fn reload(
     result
 }
 
-/// Watches the bundle path and reloads after a burst of changes settles. Runs until `stop`.
-pub async fn watch_bundle(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
-    let path = state.config.policy.bundle.clone();
-    let debounce = Duration::from_millis(state.config.policy.watch_debounce_ms);
-    // One pending signal is enough: a reload reads the whole bundle anyway.
-    let (changed_sender, mut changed) = mpsc::channel::<()>(1);
-    let mut watcher = match notify::recommended_watcher(
-        move |event: notify::Result<notify::Event>| {
-            if event.is_ok_and(|event| !event.kind.is_access()) {
-                let _ = changed_sender.try_send(());
-            }
-        },
-    ) {
-        Ok(watcher) => watcher,
-        Err(error) => {
-            tracing::error!(error = %error, "cannot watch the policy bundle; reload with SIGHUP or the admin endpoint");
-            return;
-        }
-    };
-    let (target, mode) = watch_target(&path);
-    if let Err(error) = watcher.watch(&target, mode) {
-        tracing::error!(error = %error, path = %target.display(), "cannot watch the policy bundle");
-        return;
-    }
-    tracing::info!(path = %target.display(), "watching the policy bundle for changes");
-    loop {
-        tokio::select! {
-            received = changed.recv() => {
-                if received.is_none() {
-                    return;
+/// A watch on the bundle path, established before the server accepts its first connection so
+/// a change made right after start-up is never missed. Run it with [`BundleWatch::run`].
+pub struct BundleWatch {
+    // Kept alive for as long as the watch runs; dropping it ends the OS watch.
+    _watcher: notify::RecommendedWatcher,
+    changed: mpsc::Receiver<()>,
+}
+
+impl BundleWatch {
+    /// Starts watching `state.config.policy.bundle`; `None` (logged) if the OS refuses.
+    pub fn start(state: &AppState) -> Option<BundleWatch> {
+        let path = &state.config.policy.bundle;
+        // One pending signal is enough: a reload reads the whole bundle anyway.
+        let (changed_sender, changed) = mpsc::channel::<()>(1);
+        let mut watcher = match notify::recommended_watcher(
+            move |event: notify::Result<notify::Event>| {
+                if event.is_ok_and(|event| !event.kind.is_access()) {
+                    let _ = changed_sender.try_send(());
                 }
+            },
+        ) {
+            Ok(watcher) => watcher,
+            Err(error) => {
+                tracing::error!(error = %error, "cannot watch the policy bundle; reload with SIGHUP or the admin endpoint");
+                return None;
             }
-            _ = stop.changed() => return,
+        };
+        let (target, mode) = watch_target(path);
+        if let Err(error) = watcher.watch(&target, mode) {
+            tracing::error!(error = %error, path = %target.display(), "cannot watch the policy bundle");
+            return None;
         }
-        // Let the burst settle, then drop the signals it left behind.
-        tokio::time::sleep(debounce).await;
-        while changed.try_recv().is_ok() {}
-        if *stop.borrow() {
-            return;
+        tracing::info!(path = %target.display(), "watching the policy bundle for changes");
+        Some(BundleWatch {
+            _watcher: watcher,
+            changed,
+        })
+    }
+
+    /// Reloads after each burst of changes settles, until `stop`.
+    pub async fn run(mut self, state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
+        let debounce = Duration::from_millis(state.config.policy.watch_debounce_ms);
+        loop {
+            tokio::select! {
+                received = self.changed.recv() => {
+                    if received.is_none() {
+                        return;
+                    }
+                }
+                _ = stop.changed() => return,
+            }
+            // Let the burst settle, then drop the signals it left behind.
+            tokio::time::sleep(debounce).await;
+            while self.changed.try_recv().is_ok() {}
+            if *stop.borrow() {
+                return;
+            }
+            let _ = reload(&state, ReloadTrigger::FileWatch).await;
         }
-        let _ = reload(&state, ReloadTrigger::FileWatch).await;
     }
 }
 

@@ -131,11 +131,10 @@ impl Gateway {
         // Policy reload triggers: file changes (when configured) and SIGHUP. They stop with
         // the connections; a reload in progress finishes first (it holds the reload lock).
         let mut reloaders = Vec::new();
-        if state.config.policy.watch {
-            reloaders.push(tokio::spawn(reload::watch_bundle(
-                state.clone(),
-                stop.clone(),
-            )));
+        if state.config.policy.watch
+            && let Some(bundle_watch) = reload::BundleWatch::start(&state)
+        {
+            reloaders.push(tokio::spawn(bundle_watch.run(state.clone(), stop.clone())));
         }
         #[cfg(unix)]
         reloaders.push(tokio::spawn(reload::reload_on_hangup(

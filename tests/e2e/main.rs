@@ -7,6 +7,7 @@ mod binary;
 mod concurrency;
 mod fail_closed;
 mod malformed;
+mod masking;
 mod mtls;
 mod opa_api;
 mod proxy;

@@ -263,6 +263,7 @@ impl TestApp {
             result: json!({"allow": true}),
             bundle_revision: "test".into(),
             outcome: Outcome::Allow,
+            redaction: Default::default(),
         };
         self.state
             .store

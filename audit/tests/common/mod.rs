@@ -64,6 +64,7 @@ pub fn record(number: u32) -> NewRecord {
             (false, true) => Outcome::Allow,
             (false, false) => Outcome::Deny,
         },
+        redaction: Default::default(),
     }
 }
 

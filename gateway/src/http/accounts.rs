@@ -96,6 +96,7 @@ pub async fn create(
         result: json!({"allow": true, "reasons": [], "rule": "role admin required"}),
         bundle_revision: state.policy.load().revision().to_owned(),
         outcome: Outcome::Allow,
+        redaction: Default::default(),
     };
     let created = state.store.create_account(account, record).await?;
     state

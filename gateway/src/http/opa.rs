@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use crate::policy::mask::mask_decision;
 use axum::{
     Extension, Json,
     extract::{Path, State, rejection::BytesRejection},
@@ -89,13 +90,21 @@ pub async fn data(
     let (outcome, result_document) = match &evaluated {
         Ok(result) => (
             outcome_of(result),
-            json!({"result": result, "defined": result.is_some()}),
+            json!({"path": query, "result": result, "defined": result.is_some()}),
         ),
         Err(error) => (
             Outcome::Error,
-            json!({"error": error.to_string(), "code": error.code()}),
+            json!({"path": query, "error": error.to_string(), "code": error.code()}),
         ),
     };
+    // The mask sees what OPA's sees: the request's input and the decision.
+    let masked = mask_decision(
+        &engine,
+        &query.trim_start_matches("data.").replace('.', "/"),
+        decision_id,
+        request.input.clone().unwrap_or(Value::Null),
+        result_document,
+    );
     let record = NewRecord {
         record_id: Uuid::now_v7(),
         kind: RecordKind::Decision,
@@ -104,10 +113,11 @@ pub async fn data(
         subject: subject_of(&caller),
         source_address: caller.remote_address.to_string(),
         action: ACTION_DATA.to_owned(),
-        masked_input: json!({"path": query, "input": request.input}),
-        result: result_document,
+        masked_input: masked.input,
+        result: masked.result,
         bundle_revision: engine.revision().to_owned(),
         outcome,
+        redaction: masked.redaction,
     };
     state.store.append_audit(vec![record]).await?;
     state

@@ -7,6 +7,7 @@
 
 use std::{sync::Arc, time::Instant};
 
+use crate::policy::mask::mask_decision;
 use axum::{
     Extension, Json,
     extract::{Path, State, rejection::BytesRejection},
@@ -14,7 +15,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use bytes::Bytes;
-use countersign_audit::{NewRecord, Outcome, RecordKind, Subject};
+use countersign_audit::{NewRecord, Outcome, RecordKind, Subject, decision_path};
 use countersign_ledger::{
     AccountId, AccountState, Amount, Currency, DecisionContext, IdempotencyClaim,
     IdempotencyOutcome, Reason, StoredIdempotency, Transfer, TransferCommand, TransferOutcome,
@@ -570,6 +571,13 @@ fn decide_transfer_now(
         policy.evaluate(&input)
     });
     let decision_id = Uuid::now_v7();
+    let masked = mask_decision(
+        policy,
+        &decision_path(ACTION_TRANSFER),
+        decision_id,
+        input,
+        result,
+    );
     Verdict {
         allow,
         reasons,
@@ -581,10 +589,11 @@ fn decide_transfer_now(
             subject: subject_of(caller),
             source_address: caller.remote_address.to_string(),
             action: ACTION_TRANSFER.to_owned(),
-            masked_input: mask_input(input),
-            result,
+            masked_input: mask_input(masked.input),
+            result: masked.result,
             bundle_revision: policy.revision().to_owned(),
             outcome,
+            redaction: masked.redaction,
         },
     }
 }

@@ -51,6 +51,8 @@ pub struct PolicyEngine {
     interpreter: Mutex<Engine>,
     /// Other entrypoints of this bundle, see [`PolicyEngine::for_entrypoint`].
     siblings: Mutex<HashMap<String, Arc<PolicyEngine>>>,
+    /// The bundle's decision-log mask rule (`data.system.log.mask`), if it has one.
+    mask: Option<Arc<PolicyEngine>>,
 }
 
 impl std::fmt::Debug for PolicyEngine {
@@ -78,13 +80,26 @@ impl PolicyEngine {
         };
         let mut interpreter = bundle.interpreter()?;
         interpreter.set_execution_timer_config(timer);
-        Self::from_interpreter(
+        let mut engine = Self::from_interpreter(
             interpreter,
             bundle.revision.clone(),
             Value::from(bundle.data.clone()),
             entrypoint,
             timer,
-        )
+        )?;
+        // Compiled with the bundle, so a mask rule that cannot compile refuses the bundle
+        // instead of failing (and erasing) every decision's input later.
+        engine.mask = match engine.for_entrypoint(super::mask::MASK_RULE) {
+            Ok(mask) => Some(mask),
+            Err(PolicyError::Compile(message)) if message.contains("not a valid rule path") => None,
+            Err(error) => return Err(error),
+        };
+        Ok(engine)
+    }
+
+    /// The bundle's `system.log.mask` rule, compiled; `None` if the bundle has none.
+    pub fn decision_log_mask(&self) -> Option<&PolicyEngine> {
+        self.mask.as_deref()
     }
 
     fn from_interpreter(
@@ -122,6 +137,7 @@ impl PolicyEngine {
             vm_pool: Mutex::new(Vec::new()),
             interpreter: Mutex::new(interpreter),
             siblings: Mutex::new(HashMap::new()),
+            mask: None,
         })
     }
 

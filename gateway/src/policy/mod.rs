@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 mod bundle;
 mod engine;
+pub mod mask;
 pub mod signing;
 pub mod testing;
 

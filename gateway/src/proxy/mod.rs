@@ -21,13 +21,14 @@ mod input;
 
 use std::sync::Arc;
 
+use crate::policy::mask::mask_decision;
 use axum::{
     Extension, Router,
     extract::{Request, State},
     response::Response,
     routing::any,
 };
-use countersign_audit::{NewRecord, RecordKind};
+use countersign_audit::{NewRecord, RecordKind, decision_path};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -150,6 +151,13 @@ async fn decide_and_audit(
             .and_then(|decider| decider.evaluate(&input))
     });
     let decision_id = Uuid::now_v7();
+    let masked = mask_decision(
+        &engine,
+        &decision_path(&route.action),
+        decision_id,
+        input,
+        result,
+    );
     let record = NewRecord {
         record_id: Uuid::now_v7(),
         kind: RecordKind::Decision,
@@ -158,10 +166,12 @@ async fn decide_and_audit(
         subject: subject_of(caller),
         source_address: caller.remote_address.to_string(),
         action: route.action.clone(),
-        masked_input: input::mask(input),
-        result,
+        // Our own redaction of secret headers applies on top of the bundle's mask.
+        masked_input: input::mask(masked.input),
+        result: masked.result,
         bundle_revision: engine.revision().to_owned(),
         outcome,
+        redaction: masked.redaction,
     };
     if let Err(error) = state.store.append_audit(vec![record]).await {
         tracing::error!(route = %route.config.name, %decision_id, error = %error, "proxy decision could not be audited; not forwarding");

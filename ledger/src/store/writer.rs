@@ -673,6 +673,7 @@ fn posting_record(transfer: &Transfer, provenance: Provenance, now: OffsetDateTi
         }),
         bundle_revision: provenance.bundle_revision,
         outcome: Outcome::Posted,
+        redaction: Default::default(),
     }
 }
 
@@ -1013,6 +1014,7 @@ async fn execute_seed(
         result: json!({ "allow": true, "reasons": [], "note": "system posting without policy" }),
         bundle_revision: NO_POLICY_BUNDLE.to_owned(),
         outcome: Outcome::Allow,
+        redaction: Default::default(),
     };
     let provenance = Provenance::of(&decision_record);
     append_audit(connection, vec![decision_record], shared, effects).await?;

@@ -68,6 +68,7 @@ pub fn decision_record(action: &str, outcome: Outcome) -> NewRecord {
         result: json!({ "allow": outcome == Outcome::Allow }),
         bundle_revision: "test-rev-1".to_owned(),
         outcome,
+        redaction: Default::default(),
     }
 }
 
