@@ -1,0 +1,7 @@
+package repro
+
+s [x] {
+  x := 1
+}
+
+test_head_space_bracket { s == {1} }

@@ -1,0 +1,5 @@
+package repro.lib
+
+get(obj) = out {
+  out := obj.x
+}
