@@ -145,6 +145,41 @@ impl Columns {
         ]
     }
 
+    /// Interprets stored column text as a record; `Err` names the column that does not parse.
+    /// Used by the PostgreSQL store, whose rows are read into `Columns` before sealing and
+    /// verifying.
+    pub(crate) fn decode(&self) -> Result<NewRecord, String> {
+        let uuid = |column: &str, text: &str| {
+            uuid::Uuid::parse_str(text).map_err(|error| format!("{column}: {error}"))
+        };
+        let json = |column: &str, text: &str| {
+            serde_json::from_str::<Value>(text).map_err(|error| format!("{column}: {error}"))
+        };
+        Ok(NewRecord {
+            record_id: uuid("record_id", &self.record_id)?,
+            kind: crate::RecordKind::parse(&self.kind)
+                .ok_or_else(|| format!("kind: unknown value {:?}", self.kind))?,
+            decision_id: uuid("decision_id", &self.decision_id)?,
+            timestamp: parse_timestamp(&self.timestamp)
+                .map_err(|error| format!("timestamp: {error}"))?,
+            subject: crate::Subject {
+                fingerprint_sha256: self.subject_fingerprint.clone(),
+                common_name: self.subject_common_name.clone(),
+                roles: serde_json::from_str(&self.subject_roles)
+                    .map_err(|error| format!("subject_roles: {error}"))?,
+            },
+            source_address: self.source_address.clone(),
+            action: self.action.clone(),
+            masked_input: json("masked_input", &self.masked_input)?,
+            result: json("result", &self.result)?,
+            bundle_revision: self.bundle_revision.clone(),
+            outcome: crate::Outcome::parse(&self.outcome)
+                .ok_or_else(|| format!("outcome: unknown value {:?}", self.outcome))?,
+            redaction: serde_json::from_str(&self.redaction)
+                .map_err(|error| format!("redaction: {error}"))?,
+        })
+    }
+
     /// Returns the first column whose stored text differs from `canonical`, if any.
     pub(crate) fn first_difference(&self, canonical: &Columns) -> Option<&'static str> {
         self.named_fields()

@@ -7,12 +7,15 @@
 //! Code map:
 //! - [`encoding`]: the canonical byte encoding and [`chain_hash`]; changing it changes every hash.
 //! - [`sqlite`]: the `audit_records` table; `append` runs inside the ledger's write transaction.
+//! - [`postgres`]: the same trail on PostgreSQL, sealed asynchronously by one leader, plus the
+//!   Kafka outbox.
 //! - [`sink`]: delivery of sealed records to external consumers (OPA-style decision logs).
 //!   Sinks pull from the table with a cursor, so the table stays the single source of truth.
 #![forbid(unsafe_code)]
 
 pub mod encoding;
 mod error;
+pub mod postgres;
 pub mod sink;
 pub mod sqlite;
 
@@ -22,6 +25,7 @@ use uuid::Uuid;
 
 pub use encoding::{GENESIS_PREVIOUS_HASH, canonical_json, chain_hash};
 pub use error::AuditError;
+pub use postgres::OutboxItem;
 pub use sink::{AuditSink, DecisionLogLabels, JsonlDecisionLog, decision_path};
 pub use sqlite::{BreakKind, BrokenRecord, ChainHead, VerifyReport};
 

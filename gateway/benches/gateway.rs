@@ -4,6 +4,9 @@
 //! 2. Durable transfers end to end: the real gateway in-process on 127.0.0.1:0, real mutual
 //!    TLS (HTTP/2), the embedded SQLite store with `synchronous=FULL`; transfers/s and latency
 //!    percentiles with group commit (batches up to 256) and with one transaction per transfer.
+//!    With `COUNTERSIGN_BENCH_DATABASE_URL=postgres://superuser@host/postgres` the same two
+//!    runs are repeated on PostgreSQL, each in a fresh database created for it (the test
+//!    command's throwaway cluster prints its URL; any PostgreSQL 15+ will do).
 //! 3. Start-up: `Gateway::build` (open store, compile bundle, TLS config) to ready.
 //!
 //! Under `cargo test --all-targets` (no `--bench` argument) it runs a tiny smoke version, so
@@ -95,7 +98,7 @@ fn bench_policy(scale: &Scale) {
     }
 }
 
-fn config_for(directory: &Path, batch_commands_max: usize) -> Config {
+fn config_for(directory: &Path, store_url: &str, batch_commands_max: usize) -> Config {
     Config {
         listen_address: "127.0.0.1:0".parse().unwrap(),
         ops_listen_address: None,
@@ -111,12 +114,11 @@ fn config_for(directory: &Path, batch_commands_max: usize) -> Config {
             decision_timeout_ms: 50,
             ..PolicyConfig::new(bundle_path())
         },
-        store: StoreConfig {
-            url: format!("sqlite://{}", directory.join("bench.db").display()),
-        },
+        store: StoreConfig::new(store_url),
         audit: AuditConfig {
             decision_log: Some(directory.join("decision-log.jsonl")),
         },
+        kafka: None,
         limits: Limits {
             ledger_batch_commands_max: batch_commands_max,
             ..Limits::default()
@@ -145,10 +147,42 @@ fn account(index: usize) -> String {
     format!("DE{:020}", 5_000 + index)
 }
 
-async fn bench_transfers(scale: &Scale, batch_commands_max: usize, label: &str) {
+/// A fresh database on the PostgreSQL server `admin_url` points at; returns its URL.
+async fn fresh_postgres_database(admin_url: &str) -> String {
+    use sqlx::Connection;
+    let name = format!("bench_{}", Uuid::now_v7().simple());
+    let mut admin = sqlx::PgConnection::connect(admin_url).await.unwrap();
+    // The name is ours (a UUID), not input.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let (base, _) = admin_url
+        .rsplit_once('/')
+        .expect("a PostgreSQL URL ends in /DATABASE");
+    format!("{base}/{name}")
+}
+
+/// Where a run stores its ledger.
+#[derive(Clone, Copy)]
+enum Backend<'a> {
+    Sqlite,
+    Postgres { admin_url: &'a str },
+}
+
+async fn bench_transfers(
+    scale: &Scale,
+    backend: Backend<'_>,
+    batch_commands_max: usize,
+    label: &str,
+) {
     let directory = tempfile::TempDir::new().unwrap();
     let (ca_pem, client_certificate) = write_pki(directory.path());
-    let config = config_for(directory.path(), batch_commands_max);
+    let store_url = match backend {
+        Backend::Sqlite => format!("sqlite://{}", directory.path().join("bench.db").display()),
+        Backend::Postgres { admin_url } => fresh_postgres_database(admin_url).await,
+    };
+    let config = config_for(directory.path(), &store_url, batch_commands_max);
     let listener = tokio::net::TcpListener::bind(config.listen_address)
         .await
         .unwrap();
@@ -301,7 +335,18 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        bench_transfers(&scale, 256, "group commit, batch≤256").await;
-        bench_transfers(&scale, 1, "one tx per transfer").await;
+        bench_transfers(&scale, Backend::Sqlite, 256, "sqlite, group commit ≤256").await;
+        bench_transfers(&scale, Backend::Sqlite, 1, "sqlite, one tx/transfer").await;
+        if let Ok(admin_url) = std::env::var("COUNTERSIGN_BENCH_DATABASE_URL") {
+            let backend = Backend::Postgres {
+                admin_url: &admin_url,
+            };
+            bench_transfers(&scale, backend, 256, "postgres, group commit ≤256").await;
+            bench_transfers(&scale, backend, 1, "postgres, one tx/transfer").await;
+        } else if full {
+            println!(
+                "PostgreSQL runs skipped: set COUNTERSIGN_BENCH_DATABASE_URL to a superuser URL"
+            );
+        }
     });
 }

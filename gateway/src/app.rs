@@ -19,7 +19,7 @@ use axum::{
     response::Response,
     routing::{get, post},
 };
-use countersign_ledger::SqliteStore;
+use countersign_ledger::Store;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::{config::Config, http, metrics::Metrics, policy::PolicyEngine, tls::Identity};
@@ -34,7 +34,7 @@ pub struct Caller {
 /// State shared by every request.
 pub struct AppState {
     pub config: Config,
-    pub store: Arc<SqliteStore>,
+    pub store: Arc<Store>,
     /// Swapped atomically on reload; each decision uses the engine it loaded at its start.
     pub policy: ArcSwap<PolicyEngine>,
     pub metrics: Metrics,
@@ -47,7 +47,7 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(config: Config, store: Arc<SqliteStore>, policy: PolicyEngine) -> Arc<AppState> {
+    pub fn new(config: Config, store: Arc<Store>, policy: PolicyEngine) -> Arc<AppState> {
         let metrics = Metrics::new();
         metrics.set_policy_bundle(policy.revision(), policy.evaluator());
         Arc::new(AppState {

@@ -52,6 +52,9 @@ pub struct Config {
     pub store: StoreConfig,
     #[serde(default)]
     pub audit: AuditConfig,
+    /// The Kafka audit stream (needs the PostgreSQL store and its outbox). Absent: no stream.
+    #[serde(default)]
+    pub kafka: Option<crate::kafka::KafkaConfig>,
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
@@ -145,8 +148,61 @@ impl PolicyConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// `sqlite://path/to/file.db` (embedded). PostgreSQL comes later.
+    /// `sqlite://path/to/file.db` (embedded, the default) or `postgres://user@host/db`
+    /// (production: many replicas on one database).
     pub url: String,
+    /// Apply the shipped migrations when the gateway starts. Needs a role that may change the
+    /// schema; in production run `countersign migrate` as the owner once and set this to false
+    /// for the application role.
+    #[serde(default = "default_true")]
+    pub migrate_on_start: bool,
+    /// The Kafka outbox (PostgreSQL): records published by the relay, bounded.
+    #[serde(default)]
+    pub outbox: OutboxConfig,
+}
+
+impl StoreConfig {
+    pub fn new(url: impl Into<String>) -> StoreConfig {
+        StoreConfig {
+            url: url.into(),
+            migrate_on_start: true,
+            outbox: OutboxConfig::default(),
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        self.url.starts_with("postgres://") || self.url.starts_with("postgresql://")
+    }
+}
+
+/// The outbox holds audit records not yet acknowledged by Kafka. It grows while the broker is
+/// down; at `rows_max` the gateway does what `when_full` says.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxConfig {
+    pub rows_max: u64,
+    pub when_full: OutboxWhenFull,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig {
+            rows_max: 1_000_000,
+            when_full: OutboxWhenFull::Refuse,
+        }
+    }
+}
+
+/// What a full outbox does to new transfers. Either way no record is lost: the records are in
+/// the database; the outbox only says which are not yet in Kafka.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutboxWhenFull {
+    /// Refuse transfers with 503 `outbox.full` until the relay catches up (the stream stays
+    /// within the bound of lag the bank accepts).
+    Refuse,
+    /// Keep serving; the stream lags further behind and a warning is logged and exported.
+    Serve,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -413,10 +469,16 @@ impl Config {
                 "must be greater than 0",
             ));
         }
-        if !self.store.url.starts_with("sqlite://") {
+        if !self.store.url.starts_with("sqlite://") && !self.store.is_postgres() {
             return Err(ConfigError::key(
                 "store.url",
-                "only sqlite://PATH is supported by this build",
+                "must be sqlite://PATH or postgres://USER@HOST/DATABASE",
+            ));
+        }
+        if self.store.outbox.rows_max == 0 {
+            return Err(ConfigError::key(
+                "store.outbox.rows_max",
+                "must be greater than 0",
             ));
         }
         let limits = &self.limits;
@@ -449,6 +511,17 @@ impl Config {
                 "must be greater than 0",
             ));
         }
+        if let Some(kafka) = &self.kafka {
+            if !self.store.is_postgres() {
+                return Err(ConfigError::key(
+                    "kafka",
+                    "the Kafka stream is fed from the PostgreSQL outbox; set store.url to postgres://…",
+                ));
+            }
+            kafka
+                .validate()
+                .map_err(|error| ConfigError::key("kafka", error.to_string()))?;
+        }
         for (index, mapping) in self.role_mapping.iter().enumerate() {
             let matchers = [
                 mapping.match_ou.is_some(),
@@ -471,11 +544,9 @@ impl Config {
         validate_routes(&self.routes, &self.limits)
     }
 
-    pub fn sqlite_path(&self) -> &str {
-        self.store
-            .url
-            .strip_prefix("sqlite://")
-            .expect("validated: store.url starts with sqlite://")
+    /// The SQLite file of an embedded store; `None` for PostgreSQL.
+    pub fn sqlite_path(&self) -> Option<&str> {
+        self.store.url.strip_prefix("sqlite://")
     }
 }
 

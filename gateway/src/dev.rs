@@ -8,7 +8,7 @@ use std::{
 
 use countersign_audit::{NewRecord, Outcome, RecordKind, Subject};
 use countersign_ledger::{
-    AccountId, AccountStatus, Amount, Currency, LedgerError, NewAccount, SeedTransfer, SqliteStore,
+    AccountId, AccountStatus, Amount, Currency, LedgerError, NewAccount, SeedTransfer, Store,
 };
 use serde_json::json;
 use time::OffsetDateTime;
@@ -100,15 +100,14 @@ pub fn dev_config(
             decision_timeout_ms: 50,
             ..PolicyConfig::new(bundle)
         },
-        store: StoreConfig {
-            url: format!(
-                "sqlite://{}",
-                var_directory.join("countersign.db").display()
-            ),
-        },
+        store: StoreConfig::new(format!(
+            "sqlite://{}",
+            var_directory.join("countersign.db").display()
+        )),
         audit: AuditConfig {
             decision_log: Some(var_directory.join("decision-log.jsonl")),
         },
+        kafka: None,
         limits: Limits::default(),
         log: LogConfig::default(),
         role_mapping: crate::config::default_role_mapping(),
@@ -153,7 +152,7 @@ pub fn system_record(
 
 /// Creates the demo accounts that do not exist yet and funds them from the system accounts.
 pub async fn seed_demo_accounts(
-    store: &SqliteStore,
+    store: &Store,
     bundle_revision: &str,
 ) -> Result<usize, LedgerError> {
     let mut created = 0;

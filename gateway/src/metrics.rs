@@ -29,6 +29,9 @@ pub struct Metrics {
     pub policy_evaluation_duration: Histogram,
     pub ledger_commit_duration: Histogram,
     pub audit_backlog_records: Gauge<i64, AtomicI64>,
+    pub outbox_backlog_records: Gauge<i64, AtomicI64>,
+    pub kafka_records_published: Counter,
+    pub kafka_publish_failures: Counter,
     pub tls_handshake_failures: Family<Labels, Counter>,
     pub policy_bundle_info: Family<Labels, Gauge<i64, AtomicI64>>,
     pub policy_reloads: Family<Labels, Counter>,
@@ -80,6 +83,24 @@ impl Metrics {
             "Audit records committed but not yet delivered to every sink",
             audit_backlog_records.clone(),
         );
+        let outbox_backlog_records = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "outbox_backlog_records",
+            "Audit records in the outbox not yet acknowledged by Kafka",
+            outbox_backlog_records.clone(),
+        );
+        let kafka_records_published = Counter::default();
+        registry.register(
+            "kafka_records_published",
+            "Audit records acknowledged by Kafka and marked delivered",
+            kafka_records_published.clone(),
+        );
+        let kafka_publish_failures = Counter::default();
+        registry.register(
+            "kafka_publish_failures",
+            "Failed outbox publishing attempts (broker or database unavailable)",
+            kafka_publish_failures.clone(),
+        );
         let tls_handshake_failures = Family::<Labels, Counter>::default();
         registry.register(
             "tls_handshake_failures",
@@ -107,6 +128,9 @@ impl Metrics {
             policy_evaluation_duration,
             ledger_commit_duration,
             audit_backlog_records,
+            outbox_backlog_records,
+            kafka_records_published,
+            kafka_publish_failures,
             tls_handshake_failures,
             policy_bundle_info,
         }

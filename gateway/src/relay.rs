@@ -27,7 +27,7 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let batch_records_max = state.config.limits.audit_relay_batch_records_max;
-    let commits = state.store.commits();
+    let commits = state.store.sealed();
     let mut backoff_ms = RETRY_BACKOFF_MS_MIN;
     loop {
         // Register interest before reading, so a commit between the read and the wait is
@@ -37,9 +37,10 @@ pub async fn run(
         notified.as_mut().enable();
 
         let cursor = sink.delivered_through();
-        let batch =
-            countersign_audit::sqlite::read_after(state.store.pool(), cursor, batch_records_max)
-                .await;
+        let batch = state
+            .store
+            .read_sealed_after(cursor, batch_records_max)
+            .await;
         let delivered = match batch {
             Ok(records) if records.is_empty() => 0,
             Ok(records) => match sink.deliver(&records).await {
@@ -61,7 +62,7 @@ pub async fn run(
                 continue;
             }
         };
-        if let Ok(head) = countersign_audit::sqlite::head(state.store.pool()).await {
+        if let Ok(head) = state.store.audit_head().await {
             let head_sequence = head.map_or(0, |head| head.sequence);
             state
                 .metrics

@@ -14,7 +14,7 @@ use std::{
 };
 
 use axum::Router;
-use countersign_ledger::{SqliteStore, StoreLimits};
+use countersign_ledger::{OutboxFullPolicy, Store, StoreLimits, StoreOptions};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
@@ -30,9 +30,10 @@ use tower::ServiceExt;
 
 use crate::{
     app::{self, AppState, Caller},
-    config::Config,
+    config::{Config, OutboxWhenFull},
+    kafka::KafkaPublisher,
     policy::{Bundle, PolicyEngine, TRANSFER_DECISION},
-    relay, reload,
+    relay, reload, stream,
     tls::{self, Identity},
 };
 
@@ -53,6 +54,8 @@ pub enum StartError {
     Io(#[from] std::io::Error),
     #[error("audit: {0}")]
     Audit(#[from] countersign_audit::AuditError),
+    #[error("kafka: {0}")]
+    Kafka(#[from] crate::kafka::KafkaError),
 }
 
 /// A gateway ready to serve.
@@ -72,12 +75,22 @@ impl Gateway {
         )?;
         // Proxy routes' rules are compiled now: a bundle without them refuses to start.
         crate::proxy::prepare_policy(&policy, &config.routes)?;
-        let store = SqliteStore::open(
-            config.sqlite_path(),
+        let store = Store::open_with(
+            &config.store.url,
             StoreLimits {
                 queue_commands_max: config.limits.ledger_queue_commands_max,
                 batch_commands_max: config.limits.ledger_batch_commands_max,
+                outbox_rows_max: config.store.outbox.rows_max,
+                outbox_full_policy: match config.store.outbox.when_full {
+                    OutboxWhenFull::Refuse => OutboxFullPolicy::Refuse,
+                    OutboxWhenFull::Serve => OutboxFullPolicy::Serve,
+                },
                 ..StoreLimits::default()
+            },
+            StoreOptions {
+                migrate_on_start: config.store.migrate_on_start,
+                // Without a relay the outbox would only grow.
+                outbox_enabled: config.kafka.is_some(),
             },
         )
         .await?;
@@ -113,6 +126,20 @@ impl Gateway {
                 relay::open_decision_log(path).await?,
                 relay_stop,
             ))),
+            None => None,
+        };
+        let (stream_stop_sender, stream_stop) = watch::channel(false);
+        let stream = match &state.config.kafka {
+            Some(kafka) => {
+                let publisher = KafkaPublisher::new(kafka)?;
+                let batch_records_max = i64::try_from(kafka.batch_records_max).unwrap_or(i64::MAX);
+                Some(tokio::spawn(stream::run(
+                    state.clone(),
+                    publisher,
+                    batch_records_max,
+                    stream_stop,
+                )))
+            }
             None => None,
         };
         let ops = ops_listener.map(|listener| {
@@ -200,10 +227,14 @@ impl Gateway {
         if let Err(error) = state.store.stop_writer().await {
             tracing::error!(error = %error, "ledger writer did not shut down cleanly");
         }
-        // Everything is committed now; let the relay deliver it, then close the store.
+        // Everything is committed now; let the relays deliver it, then close the store.
         let _ = relay_stop_sender.send(true);
+        let _ = stream_stop_sender.send(true);
         if let Some(relay) = relay {
             let _ = relay.await;
+        }
+        if let Some(stream) = stream {
+            let _ = stream.await;
         }
         state.store.close_reads().await;
         if let Some(ops) = ops {

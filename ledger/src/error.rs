@@ -84,6 +84,17 @@ pub enum LedgerError {
     /// `shutdown()` was called; no new commands are accepted.
     #[error("ledger is shutting down")]
     ShuttingDown,
+    /// PostgreSQL only: the Kafka outbox holds `backlog` undelivered records, at or above
+    /// `StoreLimits::outbox_rows_max`, and the policy is `OutboxFullPolicy::Refuse`. Nothing
+    /// was written; retry once the relay has caught up (the gateway answers 503 `outbox.full`).
+    #[error("audit outbox is full ({backlog} undelivered records, limit {rows_max})")]
+    OutboxFull { backlog: i64, rows_max: u64 },
+    /// The operation does not exist on this back end (e.g. the outbox on SQLite).
+    #[error("{operation} is not supported by the {backend} store")]
+    Unsupported {
+        operation: &'static str,
+        backend: &'static str,
+    },
     /// The writer task is gone (it panicked on a broken invariant). Fatal for the process.
     #[error("ledger writer stopped")]
     WriterStopped,

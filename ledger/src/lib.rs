@@ -29,8 +29,8 @@ pub use account::{Account, AccountId, AccountState, AccountStatus, NewAccount};
 pub use error::{DomainError, LedgerError};
 pub use money::{Amount, Currency, format_minor};
 pub use store::{
-    CurrencyTotals, InvariantReport, LedgerStore, NO_POLICY_BUNDLE, SYSTEM_SUBJECT, SqliteStore,
-    StoreLimits, WriterStats,
+    CurrencyTotals, InvariantReport, LedgerStore, NO_POLICY_BUNDLE, OutboxFullPolicy, PgStore,
+    SYSTEM_SUBJECT, SqliteStore, Store, StoreLimits, StoreOptions, WriterStats,
 };
 pub use transfer::{
     Decide, DecisionContext, IdempotencyClaim, IdempotencyOutcome, Reason, SeedTransfer,

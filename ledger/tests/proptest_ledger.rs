@@ -42,11 +42,14 @@ fn account_name(index: usize) -> String {
     format!("PROP-{index:04}")
 }
 
-async fn run(scenario: Scenario) {
-    let ledger = open_ledger(StoreLimits {
-        batch_commands_max: 8,
-        ..StoreLimits::default()
-    })
+async fn run(backend: Backend, scenario: Scenario) {
+    let ledger = open_ledger(
+        &backend,
+        StoreLimits {
+            batch_commands_max: 8,
+            ..StoreLimits::default()
+        },
+    )
     .await;
     let store = &ledger.store;
     let accounts = scenario.overdraft_allowed.len();
@@ -162,11 +165,27 @@ proptest! {
 
     #[test]
     fn random_transfer_sequences_keep_every_invariant(scenario in scenario()) {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(run(scenario));
+        block_on(run(Backend::Sqlite, scenario));
     }
+}
+
+proptest! {
+    // Each case creates a PostgreSQL database: fewer cases.
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_transfer_sequences_keep_every_invariant_on_postgres(scenario in scenario()) {
+        if let Some(backend) = Backend::postgres() {
+            block_on(run(backend, scenario));
+        }
+    }
+}
+
+fn block_on(test: impl std::future::Future<Output = ()>) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(test);
 }

@@ -1,5 +1,7 @@
-//! The SQLite store end to end: postings, refusals, idempotency, group commit, durability.
+//! The store end to end, on every back end: postings, refusals, idempotency, group commit,
+//! durability. Tests of one back end's internals are marked as such.
 
+#[macro_use]
 mod common;
 
 use std::sync::Arc;
@@ -12,6 +14,27 @@ use countersign_ledger::{
     TransferOutcome, Verdict, reason_codes,
 };
 use uuid::Uuid;
+
+// Each body below runs as `<name>::sqlite` and `<name>::postgres`.
+on_both_backends!(
+    posting_moves_balances_and_audits_decision_and_posting,
+    decide_sees_the_fresh_state_it_is_posted_against,
+    overdraft_is_refused_by_the_ledger_even_when_the_policy_allows,
+    overdraft_allowed_accounts_may_go_negative,
+    a_denied_verdict_writes_the_decision_record_and_no_posting,
+    the_ledger_refuses_inactive_accounts_other_currencies_and_self_transfers,
+    idempotent_replay_returns_the_first_outcome_and_a_different_body_conflicts,
+    a_failing_command_in_a_batch_does_not_fail_its_neighbours,
+    a_thousand_concurrent_transfers_among_ten_accounts_keep_every_invariant,
+    balances_and_audit_trail_survive_a_reopen,
+    shutdown_answers_queued_commands_then_refuses_new_ones,
+    a_full_queue_sheds_load_after_the_enqueue_timeout,
+    duplicates_are_refused,
+    seeding_from_an_account_without_overdraft_is_refused,
+    append_audit_extends_the_same_chain,
+    concurrent_commands_are_group_committed,
+    account_status_changes_are_audited_and_guarded,
+);
 
 fn posted(outcome: TransferOutcome) -> countersign_ledger::Transfer {
     match outcome {
@@ -29,7 +52,7 @@ fn denied_codes(outcome: &TransferOutcome) -> Vec<String> {
     }
 }
 
-async fn alice_and_bob(store: &countersign_ledger::SqliteStore) {
+async fn alice_and_bob(store: &countersign_ledger::Store) {
     create_account(store, "DE89370400440532013000", false).await;
     create_account(store, "DE02120300000000202051", false).await;
 }
@@ -37,9 +60,8 @@ async fn alice_and_bob(store: &countersign_ledger::SqliteStore) {
 const ALICE: &str = "DE89370400440532013000";
 const BOB: &str = "DE02120300000000202051";
 
-#[tokio::test(flavor = "multi_thread")]
-async fn posting_moves_balances_and_audits_decision_and_posting() {
-    let ledger = open_ledger(StoreLimits::default()).await;
+async fn posting_moves_balances_and_audits_decision_and_posting(backend: Backend) {
+    let ledger = open_ledger(&backend, StoreLimits::default()).await;
     let store = &ledger.store;
     alice_and_bob(store).await;
     fund(store, ALICE, "100.00").await;
@@ -68,9 +90,7 @@ async fn posting_moves_balances_and_audits_decision_and_posting() {
 
     // One decision record and one posting record with the same decision id.
     assert_eq!(audit_count(store).await, records_before + 2);
-    let records = countersign_audit::sqlite::read_after(store.pool(), records_before, 10)
-        .await
-        .expect("read audit");
+    let records = read_audit(store, records_before, 10).await;
     assert_eq!(records[0].record.kind, RecordKind::Decision);
     assert_eq!(records[1].record.kind, RecordKind::Posting);
     assert_eq!(records[1].record.outcome, Outcome::Posted);
@@ -87,9 +107,8 @@ async fn posting_moves_balances_and_audits_decision_and_posting() {
     ledger.store.shutdown().await.expect("shutdown");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn decide_sees_the_fresh_state_it_is_posted_against() {
-    let ledger = open_ledger(StoreLimits::default()).await;
+async fn decide_sees_the_fresh_state_it_is_posted_against(backend: Backend) {
+    let ledger = open_ledger(&backend, StoreLimits::default()).await;
     let store = &ledger.store;
     alice_and_bob(store).await;
     fund(store, ALICE, "100.00").await;
@@ -118,9 +137,8 @@ async fn decide_sees_the_fresh_state_it_is_posted_against() {
     assert!(context.audit_writable);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn overdraft_is_refused_by_the_ledger_even_when_the_policy_allows() {
-    let ledger = open_ledger(StoreLimits::default()).await;
+async fn overdraft_is_refused_by_the_ledger_even_when_the_policy_allows(backend: Backend) {
+    let ledger = open_ledger(&backend, StoreLimits::default()).await;
     let store = &ledger.store;
     alice_and_bob(store).await;
     fund(store, ALICE, "10.00").await;
@@ -154,9 +172,8 @@ async fn overdraft_is_refused_by_the_ledger_even_when_the_policy_allows() {
     assert_invariants(store).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn overdraft_allowed_accounts_may_go_negative() {
-    let ledger = open_ledger(StoreLimits::default()).await;
+async fn overdraft_allowed_accounts_may_go_negative(backend: Backend) {
+    let ledger = open_ledger(&backend, StoreLimits::default()).await;
     let store = &ledger.store;
     create_account(store, ALICE, true).await;
     create_account(store, BOB, false).await;
@@ -171,9 +188,8 @@ async fn overdraft_allowed_accounts_may_go_negative() {
     assert_invariants(store).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_denied_verdict_writes_the_decision_record_and_no_posting() {
-    let ledger = open_ledger(StoreLimits::default()).await;
+async fn a_denied_verdict_writes_the_decision_record_and_no_posting(backend: Backend) {
+    let ledger = open_ledger(&backend, StoreLimits::default()).await;
     let store = &ledger.store;
     alice_and_bob(store).await;
     fund(store, ALICE, "100").await;
@@ -186,17 +202,16 @@ async fn a_denied_verdict_writes_the_decision_record_and_no_posting() {
     assert_eq!(balance(store, ALICE).await, 10_000);
     assert_eq!(store.transfer(transfer_id).await.expect("read"), None);
     assert_eq!(audit_count(store).await, records_before + 1);
-    let records = countersign_audit::sqlite::read_after(store.pool(), records_before, 10)
-        .await
-        .expect("read audit");
+    let records = read_audit(store, records_before, 10).await;
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].record.outcome, Outcome::Deny);
     assert_invariants(store).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_ledger_refuses_inactive_accounts_other_currencies_and_self_transfers() {
-    let ledger = open_ledger(StoreLimits::default()).await;
+async fn the_ledger_refuses_inactive_accounts_other_currencies_and_self_transfers(
+    backend: Backend,
+) {
+    let ledger = open_ledger(&backend, StoreLimits::default()).await;
     let store = &ledger.store;
     alice_and_bob(store).await;
     fund(store, ALICE, "100").await;
@@ -241,9 +256,10 @@ async fn the_ledger_refuses_inactive_accounts_other_currencies_and_self_transfer
     assert_invariants(store).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn idempotent_replay_returns_the_first_outcome_and_a_different_body_conflicts() {
-    let ledger = open_ledger(StoreLimits::default()).await;
+async fn idempotent_replay_returns_the_first_outcome_and_a_different_body_conflicts(
+    backend: Backend,
+) {
+    let ledger = open_ledger(&backend, StoreLimits::default()).await;
     let store = &ledger.store;
     alice_and_bob(store).await;
     fund(store, ALICE, "100").await;
@@ -299,9 +315,8 @@ async fn idempotent_replay_returns_the_first_outcome_and_a_different_body_confli
     assert_invariants(store).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_failing_command_in_a_batch_does_not_fail_its_neighbours() {
-    let ledger = open_ledger(StoreLimits::default()).await;
+async fn a_failing_command_in_a_batch_does_not_fail_its_neighbours(backend: Backend) {
+    let ledger = open_ledger(&backend, StoreLimits::default()).await;
     let store = &ledger.store;
     alice_and_bob(store).await;
     fund(store, ALICE, "1000").await;
@@ -349,11 +364,10 @@ async fn a_failing_command_in_a_batch_does_not_fail_its_neighbours() {
     assert_invariants(store).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_thousand_concurrent_transfers_among_ten_accounts_keep_every_invariant() {
+async fn a_thousand_concurrent_transfers_among_ten_accounts_keep_every_invariant(backend: Backend) {
     const ACCOUNTS: usize = 10;
     const TRANSFERS: usize = 1_000;
-    let ledger = open_ledger(StoreLimits::default()).await;
+    let ledger = open_ledger(&backend, StoreLimits::default()).await;
     let store = &ledger.store;
     let accounts: Vec<String> = (0..ACCOUNTS)
         .map(|index| format!("ACCT-{index:04}"))
@@ -423,9 +437,8 @@ async fn a_thousand_concurrent_transfers_among_ten_accounts_keep_every_invariant
     assert_invariants(store).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn balances_and_audit_trail_survive_a_reopen() {
-    let ledger = open_ledger(StoreLimits::default()).await;
+async fn balances_and_audit_trail_survive_a_reopen(backend: Backend) {
+    let ledger = open_ledger(&backend, StoreLimits::default()).await;
     alice_and_bob(&ledger.store).await;
     fund(&ledger.store, ALICE, "100").await;
     let transfer = posted(
@@ -438,12 +451,7 @@ async fn balances_and_audit_trail_survive_a_reopen() {
     let records = audit_count(&ledger.store).await;
     ledger.store.shutdown().await.expect("shutdown");
 
-    let reopened = countersign_ledger::SqliteStore::open(
-        ledger.path.to_str().expect("utf-8"),
-        StoreLimits::default(),
-    )
-    .await
-    .expect("reopen");
+    let reopened = ledger.open_again(StoreLimits::default()).await;
     assert_eq!(balance(&reopened, ALICE).await, 10_000 - 4_242);
     assert_eq!(balance(&reopened, BOB).await, 4_242);
     assert_eq!(
@@ -463,9 +471,8 @@ async fn balances_and_audit_trail_survive_a_reopen() {
     reopened.shutdown().await.expect("shutdown");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn shutdown_answers_queued_commands_then_refuses_new_ones() {
-    let ledger = open_ledger(StoreLimits::default()).await;
+async fn shutdown_answers_queued_commands_then_refuses_new_ones(backend: Backend) {
+    let ledger = open_ledger(&backend, StoreLimits::default()).await;
     let store = &ledger.store;
     alice_and_bob(store).await;
     fund(store, ALICE, "100").await;
@@ -500,25 +507,19 @@ async fn shutdown_answers_queued_commands_then_refuses_new_ones() {
     assert!(matches!(error, LedgerError::ShuttingDown), "{error:?}");
     store.shutdown().await.expect("second shutdown is a no-op");
 
-    let reopened = countersign_ledger::SqliteStore::open(
-        ledger.path.to_str().expect("utf-8"),
-        StoreLimits::default(),
-    )
-    .await
-    .expect("reopen");
+    let reopened = ledger.open_again(StoreLimits::default()).await;
     assert_eq!(balance(&reopened, BOB).await, answered * 100);
     assert_invariants(&reopened).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_full_queue_sheds_load_after_the_enqueue_timeout() {
+async fn a_full_queue_sheds_load_after_the_enqueue_timeout(backend: Backend) {
     let limits = StoreLimits {
         queue_commands_max: 1,
         batch_commands_max: 1,
         enqueue_timeout_ms: 50,
         ..StoreLimits::default()
     };
-    let ledger = open_ledger(limits).await;
+    let ledger = open_ledger(&backend, limits).await;
     let store = &ledger.store;
     alice_and_bob(store).await;
     fund(store, ALICE, "100").await;
@@ -555,9 +556,8 @@ async fn a_full_queue_sheds_load_after_the_enqueue_timeout() {
     assert_invariants(store).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn duplicates_are_refused() {
-    let ledger = open_ledger(StoreLimits::default()).await;
+async fn duplicates_are_refused(backend: Backend) {
+    let ledger = open_ledger(&backend, StoreLimits::default()).await;
     let store = &ledger.store;
     alice_and_bob(store).await;
     fund(store, ALICE, "100").await;
@@ -593,9 +593,8 @@ async fn duplicates_are_refused() {
     assert_invariants(store).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn seeding_from_an_account_without_overdraft_is_refused() {
-    let ledger = open_ledger(StoreLimits::default()).await;
+async fn seeding_from_an_account_without_overdraft_is_refused(backend: Backend) {
+    let ledger = open_ledger(&backend, StoreLimits::default()).await;
     let store = &ledger.store;
     alice_and_bob(store).await;
     let error = store
@@ -619,9 +618,7 @@ async fn seeding_from_an_account_without_overdraft_is_refused() {
     );
 
     let transfer = fund(store, BOB, "3").await;
-    let records = countersign_audit::sqlite::read_after(store.pool(), 0, 100)
-        .await
-        .expect("read audit");
+    let records = read_audit(store, 0, 100).await;
     let seed_records: Vec<_> = records
         .iter()
         .filter(|sealed| sealed.record.decision_id == transfer.decision_id)
@@ -634,40 +631,41 @@ async fn seeding_from_an_account_without_overdraft_is_refused() {
     assert_invariants(store).await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn append_audit_extends_the_same_chain() {
-    let ledger = open_ledger(StoreLimits::default()).await;
+async fn append_audit_extends_the_same_chain(backend: Backend) {
+    let ledger = open_ledger(&backend, StoreLimits::default()).await;
     let store = &ledger.store;
-    let sealed = store
+    let appended = store
         .append_audit(vec![
             decision_record("transfer.create", Outcome::Deny),
             decision_record("account.read", Outcome::Allow),
         ])
         .await
         .expect("append");
+    assert_eq!(appended, 2);
+    let sealed = read_audit(store, 0, 10).await;
     assert_eq!(
         sealed
             .iter()
-            .map(|record| record.sequence)
+            .map(|record| (record.sequence, record.record.action.as_str()))
             .collect::<Vec<_>>(),
-        [1, 2]
+        [(1, "transfer.create"), (2, "account.read")]
     );
     assert!(store.audit_writable());
     assert_invariants(store).await;
 }
 
+/// SQLite internals.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_read_pool_cannot_write() {
-    let ledger = open_ledger(StoreLimits::default()).await;
+    let ledger = open_ledger(&Backend::Sqlite, StoreLimits::default()).await;
     let result = sqlx::query("DELETE FROM accounts")
-        .execute(ledger.store.pool())
+        .execute(ledger.sqlite().pool())
         .await;
     assert!(result.is_err(), "read pool accepted a write");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn concurrent_commands_are_group_committed() {
-    let ledger = open_ledger(StoreLimits::default()).await;
+async fn concurrent_commands_are_group_committed(backend: Backend) {
+    let ledger = open_ledger(&backend, StoreLimits::default()).await;
     let store = &ledger.store;
     alice_and_bob(store).await;
     fund(store, ALICE, "1000").await;
@@ -696,9 +694,10 @@ async fn concurrent_commands_are_group_committed() {
     assert_eq!(after.queued_commands, 0);
 }
 
+/// SQLite internals.
 #[tokio::test(flavor = "multi_thread")]
 async fn check_invariants_reports_a_tampered_balance_and_entries_are_append_only() {
-    let ledger = open_ledger(StoreLimits::default()).await;
+    let ledger = open_ledger(&Backend::Sqlite, StoreLimits::default()).await;
     let store = &ledger.store;
     alice_and_bob(store).await;
     fund(store, ALICE, "100").await;
@@ -713,7 +712,7 @@ async fn check_invariants_reports_a_tampered_balance_and_entries_are_append_only
     // Someone edits the file behind the ledger's back.
     use sqlx::{ConnectOptions, Connection};
     let mut intruder = sqlx::sqlite::SqliteConnectOptions::new()
-        .filename(&ledger.path)
+        .filename(&ledger.url)
         .connect()
         .await
         .expect("connect");
@@ -759,24 +758,25 @@ async fn balance_through_trait<S: countersign_ledger::LedgerStore>(
         .balance_minor
 }
 
+/// SQLite internals.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_store_is_usable_through_the_trait_from_spawned_tasks() {
-    let ledger = open_ledger(StoreLimits::default()).await;
+    let ledger = open_ledger(&Backend::Sqlite, StoreLimits::default()).await;
     alice_and_bob(&ledger.store).await;
     fund(&ledger.store, ALICE, "5").await;
-    let store = ledger.store.clone();
-    let balance = tokio::spawn(async move { balance_through_trait(&*store, ALICE).await })
+    let store = Arc::new(ledger);
+    let ledger = store.clone();
+    let balance = tokio::spawn(async move { balance_through_trait(store.sqlite(), ALICE).await })
         .await
         .expect("task");
     assert_eq!(balance, 500);
-    countersign_ledger::LedgerStore::shutdown(&*ledger.store)
+    countersign_ledger::LedgerStore::shutdown(ledger.sqlite())
         .await
         .expect("shutdown");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn account_status_changes_are_audited_and_guarded() {
-    let ledger = open_ledger(StoreLimits::default()).await;
+async fn account_status_changes_are_audited_and_guarded(backend: Backend) {
+    let ledger = open_ledger(&backend, StoreLimits::default()).await;
     let store = &ledger.store;
     alice_and_bob(store).await;
     fund(store, ALICE, "10").await;
@@ -842,12 +842,13 @@ async fn account_status_changes_are_audited_and_guarded() {
     assert_invariants(store).await;
 }
 
+/// SQLite internals.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_read_only_pool_verifies_a_closed_or_live_database() {
-    let ledger = open_ledger(StoreLimits::default()).await;
+    let ledger = open_ledger(&Backend::Sqlite, StoreLimits::default()).await;
     alice_and_bob(&ledger.store).await;
     fund(&ledger.store, ALICE, "10").await;
-    let path = ledger.path.to_str().expect("utf-8").to_owned();
+    let path = ledger.url.clone();
 
     // While the writer is live.
     let pool = countersign_ledger::SqliteStore::open_read_only(&path)
@@ -875,7 +876,12 @@ async fn a_read_only_pool_verifies_a_closed_or_live_database() {
     assert_eq!(verify.records_checked, 5); // 3 accounts (incl. funding) + seed decision + posting
     pool.close().await;
 
-    let missing = ledger.directory.path().join("missing.sqlite");
+    let missing = ledger
+        .directory
+        .as_ref()
+        .expect("sqlite has a directory")
+        .path()
+        .join("missing.sqlite");
     assert!(
         countersign_ledger::SqliteStore::open_read_only(missing.to_str().expect("utf-8"))
             .await

@@ -99,9 +99,7 @@ async fn concurrent_transfers_keep_the_books_balanced() {
         app.audit_count().await - records_before,
         (posted + denied) + posted
     );
-    let report = countersign_audit::sqlite::verify(app.state.store.pool())
-        .await
-        .unwrap();
+    let report = app.state.store.verify_audit().await.unwrap();
     assert!(report.first_broken.is_none(), "{report:?}");
     Arc::into_inner(app).expect("sole owner").stop().await;
 }

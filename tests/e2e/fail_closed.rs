@@ -33,7 +33,10 @@ async fn check_policy_failure(source: &str, timeout_ms: u64, expected_codes: &[&
     assert_eq!(app.balance_minor(BOB).await, 0);
     // The failed decision is in the trail, with outcome "error".
     assert_eq!(app.audit_count().await, records_before + 1);
-    let record = countersign_audit::sqlite::read_after(app.state.store.pool(), records_before, 1)
+    let record = app
+        .state
+        .store
+        .read_sealed_after(records_before, 1)
         .await
         .unwrap()
         .remove(0);

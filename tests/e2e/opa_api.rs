@@ -57,7 +57,10 @@ async fn policy_clients_query_documents_as_they_would_ask_opa() {
 
     // Every answer is in the audit trail.
     assert_eq!(app.audit_count().await, records_before + 3);
-    let records = countersign_audit::sqlite::read_after(app.state.store.pool(), records_before, 10)
+    let records = app
+        .state
+        .store
+        .read_sealed_after(records_before, 10)
         .await
         .unwrap();
     assert!(

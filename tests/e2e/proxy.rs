@@ -243,7 +243,10 @@ impl ProxyTest {
     }
 
     async fn proxy_records(&self) -> Vec<SealedRecord> {
-        countersign_audit::sqlite::read_after(self.app.state.store.pool(), 0, 10_000)
+        self.app
+            .state
+            .store
+            .read_sealed_after(0, 10_000)
             .await
             .unwrap()
             .into_iter()

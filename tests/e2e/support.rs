@@ -16,7 +16,9 @@ use countersign::{
     server::Gateway,
 };
 use countersign_audit::{NewRecord, Outcome, RecordKind, Subject};
-use countersign_ledger::{AccountId, AccountStatus, Amount, Currency, NewAccount, SeedTransfer};
+use countersign_ledger::{
+    AccountId, AccountStatus, Amount, Currency, NewAccount, SeedTransfer, Store,
+};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use time::OffsetDateTime;
@@ -44,7 +46,7 @@ pub struct TestPki {
 }
 
 impl TestPki {
-    fn generate(directory: &Path) -> TestPki {
+    pub fn generate(directory: &Path) -> TestPki {
         let ca = CertificateAuthority::generate("Test CA").unwrap();
         let server = ca
             .issue_server(&["localhost"], &["127.0.0.1".parse().unwrap()])
@@ -119,12 +121,14 @@ pub fn test_config(directory: &Path, bundle: PathBuf) -> Config {
             decision_timeout_ms: 1_000,
             ..PolicyConfig::new(bundle)
         },
-        store: StoreConfig {
-            url: format!("sqlite://{}", directory.join("countersign.db").display()),
-        },
+        store: StoreConfig::new(format!(
+            "sqlite://{}",
+            directory.join("countersign.db").display()
+        )),
         audit: AuditConfig {
             decision_log: Some(directory.join("decision-log.jsonl")),
         },
+        kafka: None,
         limits: Limits::default(),
         log: LogConfig::default(),
         role_mapping: countersign::config::default_role_mapping(),
@@ -228,62 +232,11 @@ impl TestApp {
 
     /// Creates `id` and funds it with `opening` from the system funding account.
     pub async fn open_account(&self, id: &str, currency: &str, opening: &str) {
-        let currency = Currency::parse(currency).unwrap();
-        let id = AccountId::parse(id).unwrap();
-        let funding = AccountId::parse(&format!("SYSTEM-FUNDING-{}", currency.code())).unwrap();
-        if self.state.store.account(&funding).await.unwrap().is_none() {
-            self.create_account(&funding, currency, true).await;
-        }
-        self.create_account(&id, currency, false).await;
-        if opening != "0" {
-            self.state
-                .store
-                .seed_transfer(SeedTransfer {
-                    transfer_id: Uuid::now_v7(),
-                    debit_account: funding,
-                    credit_account: id.clone(),
-                    amount: Amount::parse(opening, currency).unwrap(),
-                    remittance_info: None,
-                })
-                .await
-                .unwrap();
-        }
-    }
-
-    async fn create_account(&self, id: &AccountId, currency: Currency, overdraft_allowed: bool) {
-        let record = NewRecord {
-            record_id: Uuid::now_v7(),
-            kind: RecordKind::Decision,
-            decision_id: Uuid::now_v7(),
-            timestamp: OffsetDateTime::now_utc(),
-            subject: system_subject(),
-            source_address: "test".into(),
-            action: "account.create".into(),
-            masked_input: json!({"account": countersign_audit::mask_account_number(id.as_str())}),
-            result: json!({"allow": true}),
-            bundle_revision: "test".into(),
-            outcome: Outcome::Allow,
-            redaction: Default::default(),
-        };
-        self.state
-            .store
-            .create_account(
-                NewAccount {
-                    id: id.clone(),
-                    currency,
-                    overdraft_allowed,
-                    status: AccountStatus::Active,
-                },
-                record,
-            )
-            .await
-            .unwrap();
+        open_account_in(&self.state.store, id, currency, opening).await;
     }
 
     pub async fn audit_count(&self) -> i64 {
-        countersign_audit::sqlite::count(self.state.store.pool())
-            .await
-            .unwrap()
+        self.state.store.audit_count().await.unwrap()
     }
 
     /// Stops the server (drain + flush) and waits for it.
@@ -296,6 +249,70 @@ impl TestApp {
         }
         self.directory
     }
+}
+
+/// Creates each of `ids` (EUR) and funds it with `opening`, directly in `store`.
+pub async fn open_accounts_in(store: &Store, ids: impl IntoIterator<Item = String>, opening: &str) {
+    for id in ids {
+        open_account_in(store, &id, "EUR", opening).await;
+    }
+}
+
+/// Creates `id` and funds it with `opening` from the system funding account.
+pub async fn open_account_in(store: &Store, id: &str, currency: &str, opening: &str) {
+    let currency = Currency::parse(currency).unwrap();
+    let id = AccountId::parse(id).unwrap();
+    let funding = AccountId::parse(&format!("SYSTEM-FUNDING-{}", currency.code())).unwrap();
+    if store.account(&funding).await.unwrap().is_none() {
+        create_account_in(store, &funding, currency, true).await;
+    }
+    create_account_in(store, &id, currency, false).await;
+    if opening != "0" {
+        store
+            .seed_transfer(SeedTransfer {
+                transfer_id: Uuid::now_v7(),
+                debit_account: funding,
+                credit_account: id.clone(),
+                amount: Amount::parse(opening, currency).unwrap(),
+                remittance_info: None,
+            })
+            .await
+            .unwrap();
+    }
+}
+
+async fn create_account_in(
+    store: &Store,
+    id: &AccountId,
+    currency: Currency,
+    overdraft_allowed: bool,
+) {
+    let record = NewRecord {
+        record_id: Uuid::now_v7(),
+        kind: RecordKind::Decision,
+        decision_id: Uuid::now_v7(),
+        timestamp: OffsetDateTime::now_utc(),
+        subject: system_subject(),
+        source_address: "test".into(),
+        action: "account.create".into(),
+        masked_input: json!({"account": countersign_audit::mask_account_number(id.as_str())}),
+        result: json!({"allow": true}),
+        bundle_revision: "test".into(),
+        outcome: Outcome::Allow,
+        redaction: Default::default(),
+    };
+    store
+        .create_account(
+            NewAccount {
+                id: id.clone(),
+                currency,
+                overdraft_allowed,
+                status: AccountStatus::Active,
+            },
+            record,
+        )
+        .await
+        .unwrap();
 }
 
 pub fn system_subject() -> Subject {
@@ -329,7 +346,10 @@ pub async fn all_records(app: &TestApp) -> Vec<countersign_audit::SealedRecord> 
         let after = records
             .last()
             .map_or(0, |last: &countersign_audit::SealedRecord| last.sequence);
-        let page = countersign_audit::sqlite::read_after(app.state.store.pool(), after, 1_000)
+        let page = app
+            .state
+            .store
+            .read_sealed_after(after, 1_000)
             .await
             .unwrap();
         if page.is_empty() {

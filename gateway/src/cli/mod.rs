@@ -36,6 +36,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the gateway.
     Serve(ServeArgs),
+    /// Apply the shipped schema migrations to the store (run once as the schema owner).
+    Migrate(StoreArgs),
     /// Audit trail tools.
     Audit {
         #[command(subcommand)]
@@ -84,7 +86,7 @@ pub struct StoreArgs {
     pub dev: bool,
     #[arg(long, conflicts_with = "store")]
     pub config: Option<PathBuf>,
-    /// Store URL, e.g. sqlite://var/countersign.db
+    /// Store URL, e.g. sqlite://var/countersign.db or postgres://owner@db.internal/countersign
     #[arg(long)]
     pub store: Option<String>,
     #[arg(long, default_value = "var")]
@@ -124,6 +126,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 fn run(cli: Cli, started: Instant) -> Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve(args, started),
+        Command::Migrate(args) => migrate(args),
         Command::Audit {
             command: AuditCommand::Verify(args),
         } => audit_verify(args),
@@ -218,29 +221,69 @@ async fn shutdown_signal() {
     tracing::info!("shutdown signal received");
 }
 
-fn store_path(args: &StoreArgs) -> Result<String> {
+/// The store a command works on: `--store URL`, the store of `--config`, or the dev store.
+fn store_url(args: &StoreArgs) -> Result<String> {
     if let Some(url) = &args.store {
-        return Ok(url
-            .strip_prefix("sqlite://")
-            .context("--store must be sqlite://PATH")?
-            .to_owned());
+        return Ok(url.clone());
     }
     if let Some(path) = &args.config {
         let config = Config::load(path, std::env::vars())?;
-        return Ok(config.sqlite_path().to_owned());
+        return Ok(config.store.url);
     }
-    Ok(args.var.join("countersign.db").display().to_string())
+    Ok(format!(
+        "sqlite://{}",
+        args.var.join("countersign.db").display()
+    ))
+}
+
+fn migrate(args: StoreArgs) -> Result<ExitCode> {
+    let url = store_url(&args)?;
+    let runtime = runtime()?;
+    runtime.block_on(async move {
+        countersign_ledger::Store::migrate(&url)
+            .await
+            .with_context(|| format!("migrating {}", redact_url(&url)))?;
+        println!("{}: schema up to date", redact_url(&url));
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// A store URL without its password, for messages.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _password)) => {
+                    format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..])
+                }
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
 }
 
 fn audit_verify(args: StoreArgs) -> Result<ExitCode> {
-    let path = store_path(&args)?;
-    if !Path::new(&path).exists() {
-        bail!("store {path} does not exist");
-    }
+    let url = store_url(&args)?;
     let runtime = runtime()?;
     runtime.block_on(async move {
-        let pool = SqliteStore::open_read_only(&path).await?;
-        let report = countersign_audit::sqlite::verify(&pool).await?;
+        let report = if let Some(path) = url.strip_prefix("sqlite://") {
+            if !Path::new(path).exists() {
+                bail!("store {path} does not exist");
+            }
+            let pool = SqliteStore::open_read_only(path).await?;
+            countersign_audit::sqlite::verify(&pool).await?
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .connect(&url)
+                .await
+                .context("connecting to PostgreSQL")?;
+            countersign_audit::postgres::verify(&pool).await?
+        } else {
+            bail!("--store must be sqlite://PATH or postgres://USER@HOST/DATABASE");
+        };
         match report.first_broken {
             None => {
                 println!(

@@ -206,6 +206,12 @@ impl From<LedgerError> for ApiError {
                 code: "ledger.overloaded",
                 message: "the ledger queue is full; retry shortly".into(),
             },
+            LedgerError::OutboxFull { backlog, rows_max } => ApiError::Unavailable {
+                code: "outbox.full",
+                message: format!(
+                    "the audit stream is {backlog} records behind (limit {rows_max}); nothing was posted, retry once it has caught up"
+                ),
+            },
             LedgerError::ShuttingDown => ApiError::Unavailable {
                 code: "ledger.shutting_down",
                 message: "the gateway is shutting down".into(),

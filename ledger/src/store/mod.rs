@@ -1,7 +1,11 @@
-//! Storage of the ledger: the [`LedgerStore`] trait and its embedded SQLite implementation.
+//! Storage of the ledger: the [`LedgerStore`] trait, its embedded SQLite implementation, the
+//! PostgreSQL implementation ([`PgStore`]) and [`Store`], which holds either.
 
+mod any;
 mod invariants;
+mod postgres;
 mod rows;
+mod rules;
 mod schema;
 mod sqlite;
 mod writer;
@@ -13,7 +17,9 @@ use serde::{Deserialize, Serialize};
 use time::Date;
 use uuid::Uuid;
 
+pub use any::Store;
 pub use invariants::{CurrencyTotals, INVARIANT_VIOLATIONS_REPORTED_MAX, InvariantReport};
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use writer::{NO_POLICY_BUNDLE, SYSTEM_SUBJECT};
 
@@ -36,8 +42,48 @@ pub struct StoreLimits {
     pub enqueue_timeout_ms: u64,
     /// Connections of the read pool (reads never wait for the writer: WAL).
     pub read_connections_max: u32,
-    /// SQLite busy timeout, for readers meeting a checkpoint and a second process.
+    /// SQLite busy timeout, for readers meeting a checkpoint and a second process. On
+    /// PostgreSQL: how long a reader waits for a pooled connection (and a connect attempt).
     pub busy_timeout_ms: u64,
+    /// PostgreSQL only: undelivered Kafka outbox rows at which `outbox_full_policy` applies.
+    pub outbox_rows_max: u64,
+    /// PostgreSQL only: what transfers do while the outbox is full.
+    pub outbox_full_policy: OutboxFullPolicy,
+}
+
+/// What happens to transfers while the Kafka outbox holds `outbox_rows_max` or more
+/// undelivered records (the broker or the relay is down).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutboxFullPolicy {
+    /// Refuse transfers with `LedgerError::OutboxFull` until the backlog drains: the stream
+    /// never lags the ledger by more than the bound.
+    Refuse,
+    /// Keep serving and log a warning: the database keeps the records, the stream lags.
+    #[default]
+    Serve,
+}
+
+/// How a store is opened (not limits: switches).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreOptions {
+    /// PostgreSQL: apply the embedded migrations on open. Needs a role that owns the schema;
+    /// a gateway logging in as a `countersign_app` member sets this false and runs
+    /// `Store::migrate` separately. (SQLite always creates its schema.)
+    pub migrate_on_start: bool,
+    /// PostgreSQL: write a Kafka outbox row with every audit record. Off when no Kafka relay
+    /// is configured, so the outbox does not grow without a reader.
+    pub outbox_enabled: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            migrate_on_start: true,
+            outbox_enabled: true,
+        }
+    }
 }
 
 impl Default for StoreLimits {
@@ -48,6 +94,8 @@ impl Default for StoreLimits {
             enqueue_timeout_ms: 2_000,
             read_connections_max: 4,
             busy_timeout_ms: 5_000,
+            outbox_rows_max: 1_000_000,
+            outbox_full_policy: OutboxFullPolicy::Serve,
         }
     }
 }

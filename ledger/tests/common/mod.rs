@@ -1,38 +1,205 @@
-//! Test harness: a fresh SQLite file per test, plus builders for commands and audit records.
+//! Test harness: a fresh store per test on either back end (a SQLite file in a temp dir, or a
+//! fresh PostgreSQL database), plus builders for commands and audit records.
+//!
+//! PostgreSQL comes from `DATABASE_URL` (a superuser URL; `tests/run` exports it). Each test
+//! creates its own database (`CREATE DATABASE cs_test_...`), so tests are isolated and run in
+//! parallel. Without `DATABASE_URL`, PostgreSQL variants print a line and return, except
+//! under `CI=true`, where they fail: a test that needs a service must never skip in CI.
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
-use countersign_audit::{NewRecord, Outcome, RecordKind, Subject};
+use countersign_audit::{NewRecord, Outcome, RecordKind, SealedRecord, Subject};
 use countersign_ledger::{
     Account, AccountId, AccountStatus, Amount, Currency, DecisionContext, IdempotencyClaim,
-    NewAccount, Reason, SeedTransfer, SqliteStore, StoreLimits, Transfer, TransferCommand, Verdict,
+    NewAccount, Reason, SeedTransfer, SqliteStore, Store, StoreLimits, StoreOptions, Transfer,
+    TransferCommand, Verdict,
 };
 use serde_json::json;
+use sqlx::{ConnectOptions, Connection};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 pub const FUNDING_EUR: &str = "SYSTEM-FUNDING-EUR";
 
-pub struct TestLedger {
-    pub store: Arc<SqliteStore>,
-    pub path: std::path::PathBuf,
-    // Dropped last: removes the database directory.
-    pub directory: tempfile::TempDir,
+/// How long a test waits for the sealer before failing.
+pub const SEAL_WAIT: Duration = Duration::from_secs(20);
+
+/// Which back end a test body runs against.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Sqlite,
+    /// `admin_url`: a superuser URL that may CREATE DATABASE.
+    Postgres {
+        admin_url: String,
+    },
 }
 
-pub async fn open_ledger(limits: StoreLimits) -> TestLedger {
-    let directory = tempfile::tempdir().expect("create temp dir");
-    let path = directory.path().join("ledger.sqlite");
-    let store = SqliteStore::open(path.to_str().expect("utf-8 path"), limits)
-        .await
-        .expect("open store");
-    TestLedger {
-        store: Arc::new(store),
-        path,
-        directory,
+impl Backend {
+    /// The PostgreSQL back end, or `None` (after saying so) when `DATABASE_URL` is unset
+    /// outside CI. Panics when it is unset under `CI=true`.
+    pub fn postgres() -> Option<Backend> {
+        postgres_admin_url().map(|admin_url| Backend::Postgres { admin_url })
     }
+}
+
+pub fn postgres_admin_url() -> Option<String> {
+    match std::env::var("DATABASE_URL") {
+        Ok(url) if !url.trim().is_empty() => Some(url),
+        _ => {
+            if std::env::var("CI").is_ok_and(|value| value == "true") {
+                panic!(
+                    "DATABASE_URL is not set but CI=true: the PostgreSQL tests must run in CI \
+                     (tests/run provisions PostgreSQL and exports DATABASE_URL)"
+                );
+            }
+            eprintln!(
+                "DATABASE_URL is not set: skipping the PostgreSQL variant of this test \
+                 (set it to a superuser URL, e.g. postgres://postgres@127.0.0.1:55432/postgres)"
+            );
+            None
+        }
+    }
+}
+
+static DATABASES: AtomicUsize = AtomicUsize::new(0);
+
+/// `url` with its database name replaced by `database`.
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, format!("?{query}")),
+        None => (url, String::new()),
+    };
+    let authority_start = base.find("://").map_or(0, |index| index + 3);
+    let path_start = base[authority_start..]
+        .find('/')
+        .map_or(base.len(), |index| authority_start + index);
+    format!("{}/{database}{query}", &base[..path_start])
+}
+
+/// Creates an empty database with a unique name and returns its URL.
+pub async fn fresh_database(admin_url: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.subsec_nanos())
+        .unwrap_or(0);
+    let name = format!(
+        "cs_test_{}_{}_{nanos}",
+        std::process::id(),
+        DATABASES.fetch_add(1, Ordering::Relaxed)
+    );
+    let mut admin = sqlx::postgres::PgConnectOptions::from_str(admin_url)
+        .expect("DATABASE_URL parses")
+        .connect()
+        .await
+        .expect("connect to DATABASE_URL");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .expect("create test database");
+    admin.close().await.expect("close admin connection");
+    with_database(admin_url, &name)
+}
+
+/// A superuser connection to the test database, for tampering and role checks.
+pub async fn admin_connection(url: &str) -> sqlx::PgConnection {
+    sqlx::postgres::PgConnectOptions::from_str(url)
+        .expect("url parses")
+        .connect()
+        .await
+        .expect("connect as admin")
+}
+
+pub struct TestLedger {
+    pub store: Arc<Store>,
+    pub backend: Backend,
+    /// The SQLite file path or the PostgreSQL database URL: what `Store::open` was given.
+    pub url: String,
+    // Dropped last: removes the SQLite directory.
+    pub directory: Option<tempfile::TempDir>,
+}
+
+impl TestLedger {
+    /// Opens a second store on the same database (a reopen, or a second replica).
+    pub async fn open_again(&self, limits: StoreLimits) -> Store {
+        Store::open(&self.url, limits).await.expect("reopen store")
+    }
+
+    pub fn sqlite(&self) -> &SqliteStore {
+        match &*self.store {
+            Store::Sqlite(store) => store,
+            other => panic!("expected a SQLite store, got {other:?}"),
+        }
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.backend, Backend::Postgres { .. })
+    }
+}
+
+pub async fn open_ledger(backend: &Backend, limits: StoreLimits) -> TestLedger {
+    open_ledger_with(backend, limits, StoreOptions::default()).await
+}
+
+pub async fn open_ledger_with(
+    backend: &Backend,
+    limits: StoreLimits,
+    options: StoreOptions,
+) -> TestLedger {
+    match backend {
+        Backend::Sqlite => {
+            let directory = tempfile::tempdir().expect("create temp dir");
+            let path = directory.path().join("ledger.sqlite");
+            let url = path.to_str().expect("utf-8 path").to_owned();
+            let store = Store::open_with(&url, limits, options)
+                .await
+                .expect("open store");
+            TestLedger {
+                store: Arc::new(store),
+                backend: backend.clone(),
+                url,
+                directory: Some(directory),
+            }
+        }
+        Backend::Postgres { admin_url } => {
+            let url = fresh_database(admin_url).await;
+            let store = Store::open_with(&url, limits, options)
+                .await
+                .expect("open store");
+            TestLedger {
+                store: Arc::new(store),
+                backend: backend.clone(),
+                url,
+                directory: None,
+            }
+        }
+    }
+}
+
+/// Declares `mod <test>` with a `sqlite` and a `postgres` test that each run the async test
+/// body `<test>(backend: Backend)` against one back end.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread")]
+                async fn sqlite() {
+                    super::$name(super::Backend::Sqlite).await
+                }
+
+                #[tokio::test(flavor = "multi_thread")]
+                async fn postgres() {
+                    if let Some(backend) = super::Backend::postgres() {
+                        super::$name(backend).await
+                    }
+                }
+            }
+        )*
+    };
 }
 
 pub fn eur() -> Currency {
@@ -88,11 +255,7 @@ pub fn deny(_: &DecisionContext) -> Verdict {
     }
 }
 
-pub async fn create_account(
-    store: &SqliteStore,
-    account: &str,
-    overdraft_allowed: bool,
-) -> Account {
+pub async fn create_account(store: &Store, account: &str, overdraft_allowed: bool) -> Account {
     store
         .create_account(
             NewAccount {
@@ -108,7 +271,7 @@ pub async fn create_account(
 }
 
 /// Creates the EUR funding account (overdraft allowed) if needed and seeds `account`.
-pub async fn fund(store: &SqliteStore, account: &str, amount: &str) -> Transfer {
+pub async fn fund(store: &Store, account: &str, amount: &str) -> Transfer {
     if store
         .account(&id(FUNDING_EUR))
         .await
@@ -139,7 +302,11 @@ pub fn transfer_command(
     amount: Amount,
     decide: impl FnOnce(&DecisionContext) -> Verdict + Send + 'static,
 ) -> TransferCommand {
-    let key = format!("key-{}", KEYS.fetch_add(1, Ordering::Relaxed));
+    let key = format!(
+        "key-{}-{}",
+        std::process::id(),
+        KEYS.fetch_add(1, Ordering::Relaxed)
+    );
     let mut request_hash = [0u8; 32];
     request_hash[..key.len().min(32)].copy_from_slice(&key.as_bytes()[..key.len().min(32)]);
     TransferCommand {
@@ -160,7 +327,7 @@ pub fn transfer_command(
     }
 }
 
-pub async fn balance(store: &SqliteStore, account: &str) -> i64 {
+pub async fn balance(store: &Store, account: &str) -> i64 {
     store
         .account(&id(account))
         .await
@@ -169,17 +336,39 @@ pub async fn balance(store: &SqliteStore, account: &str) -> i64 {
         .balance_minor
 }
 
-pub async fn audit_count(store: &SqliteStore) -> i64 {
-    countersign_audit::sqlite::count(store.pool())
-        .await
-        .expect("count audit records")
+/// Waits until everything committed so far is sealed (PostgreSQL seals asynchronously).
+pub async fn settle(store: &Store) {
+    assert!(
+        store.wait_sealed(SEAL_WAIT).await.expect("wait for seals"),
+        "audit records were not sealed within {SEAL_WAIT:?}"
+    );
 }
 
-pub async fn assert_invariants(store: &SqliteStore) {
+/// Records in the (sealed) chain, after everything committed so far was sealed.
+pub async fn audit_count(store: &Store) -> i64 {
+    settle(store).await;
+    store.audit_count().await.expect("count audit records")
+}
+
+/// Sealed records after `sequence`, after everything committed so far was sealed.
+pub async fn read_audit(store: &Store, sequence: i64, limit: i64) -> Vec<SealedRecord> {
+    settle(store).await;
+    store
+        .read_sealed_after(sequence, limit)
+        .await
+        .expect("read audit")
+}
+
+pub async fn assert_invariants(store: &Store) {
     let report = store.check_invariants().await.expect("check invariants");
     assert!(report.is_ok(), "invariants broken: {report:#?}");
-    let verify = countersign_audit::sqlite::verify(store.pool())
-        .await
-        .expect("verify audit chain");
+    settle(store).await;
+    let verify = store.verify_audit().await.expect("verify audit chain");
     assert!(verify.is_intact(), "audit chain broken: {verify:?}");
+    let count = store.audit_count().await.expect("count");
+    assert_eq!(
+        verify.records_checked,
+        u64::try_from(count).expect("non-negative"),
+        "every sealed record is in one gapless chain"
+    );
 }

@@ -1,0 +1,268 @@
+//! [`Store`]: the one type the gateway holds, whichever back end the configuration names.
+//! Each method delegates to the back end; behaviour is the same by contract and by the shared
+//! test suite (`ledger/tests`), which runs against every back end.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use countersign_audit::{ChainHead, NewRecord, OutboxItem, SealedRecord};
+use time::Date;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use super::postgres::{self, PgStore};
+use super::{InvariantReport, SqliteStore, StoreLimits, StoreOptions, WriterStats};
+use crate::account::{Account, AccountId, AccountState, AccountStatus, NewAccount};
+use crate::error::LedgerError;
+use crate::transfer::{
+    SeedTransfer, StoredIdempotency, Transfer, TransferCommand, TransferOutcome,
+};
+
+/// A ledger and audit store: embedded SQLite or (in production) PostgreSQL.
+pub enum Store {
+    Sqlite(SqliteStore),
+    Postgres(PgStore),
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.backend())
+    }
+}
+
+/// Runs the same expression on whichever back end `$store` holds.
+macro_rules! on_backend {
+    ($store:expr, $inner:ident => $body:expr) => {
+        match $store {
+            Store::Sqlite($inner) => $body,
+            Store::Postgres($inner) => $body,
+        }
+    };
+}
+
+impl Store {
+    /// Opens the store a URL names: `postgres://...` / `postgresql://...`, otherwise
+    /// `sqlite://path` (or a bare path). With default [`StoreOptions`]: PostgreSQL is migrated
+    /// on open and writes the outbox.
+    pub async fn open(url: &str, limits: StoreLimits) -> Result<Store, LedgerError> {
+        Store::open_with(url, limits, StoreOptions::default()).await
+    }
+
+    /// [`Store::open`] with explicit options (`migrate_on_start`, `outbox_enabled`; both
+    /// only matter on PostgreSQL).
+    pub async fn open_with(
+        url: &str,
+        limits: StoreLimits,
+        options: StoreOptions,
+    ) -> Result<Store, LedgerError> {
+        if postgres::is_postgres_url(url) {
+            Ok(Store::Postgres(PgStore::open(url, limits, options).await?))
+        } else {
+            Ok(Store::Sqlite(SqliteStore::open(url, limits).await?))
+        }
+    }
+
+    /// Creates or upgrades the schema of the database `url` names. PostgreSQL: applies the
+    /// embedded migrations (`ledger/migrations`); run it as the schema owner. SQLite creates
+    /// its schema on every open, so this opens and closes the file.
+    pub async fn migrate(url: &str) -> Result<(), LedgerError> {
+        if postgres::is_postgres_url(url) {
+            postgres::migrate(url).await
+        } else {
+            SqliteStore::open(url, StoreLimits::default())
+                .await?
+                .shutdown()
+                .await
+        }
+    }
+
+    /// `"sqlite"` or `"postgres"`, for logs and metrics.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgres",
+        }
+    }
+
+    pub async fn submit_transfer(
+        &self,
+        command: TransferCommand,
+    ) -> Result<TransferOutcome, LedgerError> {
+        on_backend!(self, store => store.submit_transfer(command).await)
+    }
+
+    pub async fn create_account(
+        &self,
+        account: NewAccount,
+        audit_record: NewRecord,
+    ) -> Result<Account, LedgerError> {
+        on_backend!(self, store => store.create_account(account, audit_record).await)
+    }
+
+    pub async fn set_account_status(
+        &self,
+        id: &AccountId,
+        status: AccountStatus,
+        audit_record: NewRecord,
+    ) -> Result<Account, LedgerError> {
+        on_backend!(self, store => store.set_account_status(id, status, audit_record).await)
+    }
+
+    pub async fn seed_transfer(&self, seed: SeedTransfer) -> Result<Transfer, LedgerError> {
+        on_backend!(self, store => store.seed_transfer(seed).await)
+    }
+
+    /// Appends audit records that belong to no ledger write; durable when it returns.
+    /// Returns how many were appended. (Records get their place in the chain at once on
+    /// SQLite, and from the sealer shortly after on PostgreSQL.)
+    pub async fn append_audit(&self, records: Vec<NewRecord>) -> Result<usize, LedgerError> {
+        match self {
+            Store::Sqlite(store) => store.append_audit(records).await.map(|sealed| sealed.len()),
+            Store::Postgres(store) => store.append_audit(records).await,
+        }
+    }
+
+    pub async fn check_audit_writable(&self) -> bool {
+        on_backend!(self, store => store.check_audit_writable().await)
+    }
+
+    pub async fn account(&self, id: &AccountId) -> Result<Option<Account>, LedgerError> {
+        on_backend!(self, store => store.account(id).await)
+    }
+
+    pub async fn account_state(
+        &self,
+        id: &AccountId,
+        business_date: Date,
+    ) -> Result<Option<AccountState>, LedgerError> {
+        on_backend!(self, store => store.account_state(id, business_date).await)
+    }
+
+    pub async fn transfer(&self, id: Uuid) -> Result<Option<Transfer>, LedgerError> {
+        on_backend!(self, store => store.transfer(id).await)
+    }
+
+    pub async fn idempotency(
+        &self,
+        scope: &str,
+        key: &str,
+    ) -> Result<Option<StoredIdempotency>, LedgerError> {
+        on_backend!(self, store => store.idempotency(scope, key).await)
+    }
+
+    pub async fn check_invariants(&self) -> Result<InvariantReport, LedgerError> {
+        on_backend!(self, store => store.check_invariants().await)
+    }
+
+    /// Sealed audit records after `sequence`, in order, at most `limit` (clamped).
+    pub async fn read_sealed_after(
+        &self,
+        sequence: i64,
+        limit: i64,
+    ) -> Result<Vec<SealedRecord>, LedgerError> {
+        match self {
+            Store::Sqlite(store) => {
+                Ok(countersign_audit::sqlite::read_after(store.pool(), sequence, limit).await?)
+            }
+            Store::Postgres(store) => store.read_sealed_after(sequence, limit).await,
+        }
+    }
+
+    /// The last sealed record, if any.
+    pub async fn audit_head(&self) -> Result<Option<ChainHead>, LedgerError> {
+        match self {
+            Store::Sqlite(store) => Ok(countersign_audit::sqlite::head(store.pool()).await?),
+            Store::Postgres(store) => store.audit_head().await,
+        }
+    }
+
+    /// How many records the trail holds (sealed; on PostgreSQL unsealed ones are not counted).
+    pub async fn audit_count(&self) -> Result<i64, LedgerError> {
+        match self {
+            Store::Sqlite(store) => Ok(countersign_audit::sqlite::count(store.pool()).await?),
+            Store::Postgres(store) => store.audit_count().await,
+        }
+    }
+
+    /// Re-derives every hash of the chain from the stored columns (PostgreSQL: the sealed
+    /// part of the chain).
+    pub async fn verify_audit(&self) -> Result<countersign_audit::VerifyReport, LedgerError> {
+        match self {
+            Store::Sqlite(store) => Ok(countersign_audit::sqlite::verify(store.pool()).await?),
+            Store::Postgres(store) => store.verify_audit().await,
+        }
+    }
+
+    /// Waits until every audit record committed before the call is sealed into the chain, at
+    /// most `timeout`; `Ok(false)` on timeout. SQLite seals on append: always `Ok(true)`.
+    pub async fn wait_sealed(&self, timeout: Duration) -> Result<bool, LedgerError> {
+        match self {
+            Store::Sqlite(_) => Ok(true),
+            Store::Postgres(store) => store.wait_sealed(timeout).await,
+        }
+    }
+
+    /// Sealed, undelivered Kafka outbox items in chain order, at most `limit` (clamped).
+    /// SQLite has no outbox: `LedgerError::Unsupported`.
+    pub async fn outbox_pending(&self, limit: i64) -> Result<Vec<OutboxItem>, LedgerError> {
+        match self {
+            Store::Sqlite(_) => Err(unsupported("outbox_pending")),
+            Store::Postgres(store) => store.outbox_pending(limit).await,
+        }
+    }
+
+    /// Marks outbox items delivered; returns how many changed. SQLite: `Unsupported`.
+    pub async fn outbox_mark_delivered(&self, record_ids: &[Uuid]) -> Result<u64, LedgerError> {
+        match self {
+            Store::Sqlite(_) => Err(unsupported("outbox_mark_delivered")),
+            Store::Postgres(store) => store.outbox_mark_delivered(record_ids).await,
+        }
+    }
+
+    /// Undelivered outbox rows. SQLite: `Unsupported`.
+    pub async fn outbox_backlog(&self) -> Result<i64, LedgerError> {
+        match self {
+            Store::Sqlite(_) => Err(unsupported("outbox_backlog")),
+            Store::Postgres(store) => store.outbox_backlog().await,
+        }
+    }
+
+    pub fn audit_writable(&self) -> bool {
+        on_backend!(self, store => store.audit_writable())
+    }
+
+    /// Notified when new records were sealed into the chain (a hint; readers keep a cursor).
+    pub fn sealed(&self) -> Arc<Notify> {
+        match self {
+            Store::Sqlite(store) => store.commits(),
+            Store::Postgres(store) => store.sealed(),
+        }
+    }
+
+    pub fn writer_stats(&self) -> WriterStats {
+        on_backend!(self, store => store.writer_stats())
+    }
+
+    pub fn limits(&self) -> &StoreLimits {
+        on_backend!(self, store => store.limits())
+    }
+
+    pub async fn stop_writer(&self) -> Result<(), LedgerError> {
+        on_backend!(self, store => store.stop_writer().await)
+    }
+
+    pub async fn close_reads(&self) {
+        on_backend!(self, store => store.close_reads().await)
+    }
+
+    pub async fn shutdown(&self) -> Result<(), LedgerError> {
+        on_backend!(self, store => store.shutdown().await)
+    }
+}
+
+fn unsupported(operation: &'static str) -> LedgerError {
+    LedgerError::Unsupported {
+        operation,
+        backend: "sqlite",
+    }
+}
