@@ -91,6 +91,7 @@ impl Gateway {
                 migrate_on_start: config.store.migrate_on_start,
                 // Without a relay the outbox would only grow.
                 outbox_enabled: config.kafka.is_some(),
+                sealer_enabled: true,
             },
         )
         .await?;

@@ -3,6 +3,9 @@
 //! them. At-least-once: a crash between the acknowledgement and the mark republishes the same
 //! records with the same `record_id`, which consumers de-duplicate on.
 //!
+//! Only the replica that holds the sealer's lock publishes (the others wait to take over), so
+//! the chain reaches Kafka in one order and each account's records stay ordered.
+//!
 //! While the broker is down the relay backs off (bounded) and the outbox grows; transfers keep
 //! flowing until `store.outbox.rows_max`, where `store.outbox.when_full` decides.
 
@@ -51,6 +54,17 @@ pub async fn run(
         tokio::pin!(notified);
         notified.as_mut().enable();
 
+        if !state.store.is_sealer_leader() {
+            // Another replica streams; take over when its sealer lock is released.
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)) => {}
+                _ = stop.changed() => {}
+            }
+            if *stop.borrow() {
+                break;
+            }
+            continue;
+        }
         if !topics_ready {
             match publisher.ensure_topics(TOPIC_PARTITIONS).await {
                 Ok(()) => topics_ready = true,

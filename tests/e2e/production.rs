@@ -22,7 +22,7 @@ use std::{
 
 use countersign::{config::StoreConfig, kafka::KafkaConfig};
 use countersign_audit::{RecordKind, SealedRecord};
-use countersign_ledger::Store;
+use countersign_ledger::{Store, StoreOptions};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -547,9 +547,20 @@ fn process_client(pki: &TestPki, address: SocketAddr) -> reqwest::Client {
         .unwrap()
 }
 
-/// Opens the test accounts through a short-lived in-process store on the same database.
+/// Opens the test accounts through an in-process store on the same database, which the test
+/// then uses to read and reconcile. It runs no sealer, so it never takes the sealer lock (and
+/// with it the Kafka stream) from a gateway process; its records are sealed by the gateways.
 async fn open_accounts(database_url: &str) -> Store {
-    let store = Store::open(database_url, Default::default()).await.unwrap();
+    let store = Store::open_with(
+        database_url,
+        Default::default(),
+        StoreOptions {
+            sealer_enabled: false,
+            ..StoreOptions::default()
+        },
+    )
+    .await
+    .unwrap();
     crate::support::open_accounts_in(&store, (0..ACCOUNTS).map(account), OPENING_EUR).await;
     store
 }

@@ -227,6 +227,16 @@ impl Store {
         }
     }
 
+    /// Whether this replica holds the sealer's lock (always true on SQLite: one process).
+    /// The Kafka relay publishes only on the leader, so one replica at a time streams the
+    /// chain and each key's records reach Kafka in chain order.
+    pub fn is_sealer_leader(&self) -> bool {
+        match self {
+            Store::Sqlite(_) => true,
+            Store::Postgres(store) => store.is_sealer_leader(),
+        }
+    }
+
     pub fn audit_writable(&self) -> bool {
         on_backend!(self, store => store.audit_writable())
     }

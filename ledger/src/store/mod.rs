@@ -75,6 +75,10 @@ pub struct StoreOptions {
     /// PostgreSQL: write a Kafka outbox row with every audit record. Off when no Kafka relay
     /// is configured, so the outbox does not grow without a reader.
     pub outbox_enabled: bool,
+    /// PostgreSQL: run a sealer that competes for the sealer lock. Every gateway replica
+    /// does (the one holding the lock also streams to Kafka); tools that only read or seed
+    /// the database set it false so they never take the lead from a replica.
+    pub sealer_enabled: bool,
 }
 
 impl Default for StoreOptions {
@@ -82,6 +86,7 @@ impl Default for StoreOptions {
         StoreOptions {
             migrate_on_start: true,
             outbox_enabled: true,
+            sealer_enabled: true,
         }
     }
 }

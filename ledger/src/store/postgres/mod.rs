@@ -241,7 +241,9 @@ impl PgStore {
             commits: shared.commits.clone(),
             state: sealer_state.clone(),
         };
-        let sealer_task = tokio::spawn(sealer.run(sealer_stop_receiver));
+        let sealer_task = options
+            .sealer_enabled
+            .then(|| tokio::spawn(sealer.run(sealer_stop_receiver)));
 
         tracing::info!(
             queue_commands_max = limits.queue_commands_max,
@@ -255,7 +257,7 @@ impl PgStore {
             writer_task: tokio::sync::Mutex::new(Some(writer_task)),
             writer_running,
             sealer_stop,
-            sealer_task: tokio::sync::Mutex::new(Some(sealer_task)),
+            sealer_task: tokio::sync::Mutex::new(sealer_task),
             sealer_state,
             shutting_down: AtomicBool::new(false),
             shared,
