@@ -3,7 +3,7 @@
 # common.sh, never executed).
 #
 # tansu is a Rust program, so a machine with the Rust toolchain can build it: it is installed
-# once into a cache and reused (`cargo install` is what takes the time, ~15–20 min on 2 cores).
+# once into a cache and reused (`cargo install` is what takes the time, ~20 min on 2 cores beside the workspace build).
 
 SERVICES_TANSU_VERSION=0.6.0
 
@@ -29,7 +29,7 @@ services_tansu_install_start() {
   mkdir -p "$cache"
   SERVICES_TANSU_INSTALL_LOG="$cache/install-tansu-$SERVICES_TANSU_VERSION.log"
   services_note "tansu $SERVICES_TANSU_VERSION is not in $cache/bin: building it in the" \
-    "background while the workspace builds (~15–20 min on 2 cores, once per machine;" \
+    "background while the workspace builds (~20 min on 2 cores, once per machine;" \
     "log: $SERVICES_TANSU_INSTALL_LOG)"
   # Run from the cache directory so this workspace's cargo configuration does not apply; in
   # a session of its own (setsid: its pid is its process group) so that an abort stops the
