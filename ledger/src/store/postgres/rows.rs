@@ -115,19 +115,26 @@ pub(crate) async fn load_account_state(
     id: &AccountId,
     business_date: Date,
 ) -> Result<Option<AccountState>, LedgerError> {
-    let Some(account) = load_account(connection, id).await? else {
+    // One round trip: the row and its debits of the day. SUM(bigint) is numeric in
+    // PostgreSQL; one day's debits of one account fit in i64 (the cast fails loudly rather
+    // than wrapping if they ever did not).
+    let sql = sqlx::AssertSqlSafe(format!(
+        "SELECT {ACCOUNT_COLUMNS}, \
+         (SELECT COALESCE(SUM(amount_minor), 0)::int8 FROM entries \
+          WHERE account_id = $1 AND direction = 'debit' AND business_date = $2) \
+         AS debited_today_minor \
+         FROM accounts WHERE id = $1"
+    ));
+    let Some(row) = sqlx::query(sql)
+        .bind(id.as_str())
+        .bind(business_date)
+        .fetch_optional(&mut *connection)
+        .await?
+    else {
         return Ok(None);
     };
-    // SUM(bigint) is numeric in PostgreSQL; one day's debits of one account fit in i64 (the
-    // cast fails loudly rather than wrapping if they ever did not).
-    let debited_today_minor: i64 = sqlx::query_scalar(
-        "SELECT COALESCE(SUM(amount_minor), 0)::int8 FROM entries \
-         WHERE account_id = $1 AND direction = 'debit' AND business_date = $2",
-    )
-    .bind(id.as_str())
-    .bind(business_date)
-    .fetch_one(&mut *connection)
-    .await?;
+    let account = account_from_row(&row)?;
+    let debited_today_minor: i64 = row.try_get("debited_today_minor")?;
     Ok(Some(AccountState {
         account,
         debited_today_minor,

@@ -800,14 +800,10 @@ async fn execute_transfer(
     let provenance = Provenance::of(&decision_record);
     let key = debit_account.as_str().to_owned();
 
-    // (4) The decision is audited whatever happens next.
-    append_audit(
-        connection,
-        vec![(decision_record, key.clone())],
-        context,
-        effects,
-    )
-    .await?;
+    // (4) The decision is audited whatever happens next: it goes into the trail with the
+    // posting record (one round trip), or alone when nothing is posted. The savepoint makes
+    // the two one unit either way.
+    let mut records = vec![(decision_record, key.clone())];
 
     // (5) The ledger keeps its own rules even when the policy allowed.
     let outcome = if !allow {
@@ -844,8 +840,7 @@ async fn execute_transfer(
                 effects,
             )
             .await?;
-            let record = posting_record(&transfer, provenance, now);
-            append_audit(connection, vec![(record, key)], context, effects).await?;
+            records.push((posting_record(&transfer, provenance, now), key));
             tracing::info!(%transfer_id, %decision_id, decision = "allow", "transfer posted");
             TransferOutcome::Posted {
                 transfer,
@@ -867,6 +862,8 @@ async fn execute_transfer(
             }
         }
     };
+
+    append_audit(connection, records, context, effects).await?;
 
     // (6) Remember the outcome for replays of the same key (the primary key makes it
     // single-use across replicas; see the module docs).
@@ -923,42 +920,50 @@ async fn post(
     .execute(&mut *connection)
     .await?;
 
-    for (account, direction, balance_before, balance_after) in [
-        (debit, "debit", debit.balance_minor, debit_after),
-        (credit, "credit", credit.balance_minor, credit_after),
-    ] {
-        // The batch holds the row lock, so `balance_minor = before` can only fail on a bug
-        // (or a writer that does not lock): a check, not an assumption.
-        let stored: Option<i64> = sqlx::query_scalar(
-            "UPDATE accounts SET balance_minor = $1, updated_at = $2 \
-             WHERE id = $3 AND balance_minor = $4 RETURNING balance_minor",
-        )
-        .bind(balance_after)
-        .bind(transfer.posted_at)
-        .bind(account.id.as_str())
-        .bind(balance_before)
-        .fetch_optional(&mut *connection)
-        .await?;
-        assert_eq!(
-            stored,
-            Some(balance_after),
+    // Both balances in one statement (one round trip). The batch holds the row locks, so
+    // `balance_minor = before` can only fail on a bug (or a writer that does not lock): a
+    // check, not an assumption.
+    let updated: Vec<(String, i64)> = sqlx::query_as(
+        "UPDATE accounts AS a SET balance_minor = v.after, updated_at = $1 \
+         FROM (VALUES ($2::text, $3::int8, $4::int8), ($5::text, $6::int8, $7::int8)) \
+              AS v (id, before, after) \
+         WHERE a.id = v.id AND a.balance_minor = v.before \
+         RETURNING a.id, a.balance_minor",
+    )
+    .bind(transfer.posted_at)
+    .bind(debit.id.as_str())
+    .bind(debit.balance_minor)
+    .bind(debit_after)
+    .bind(credit.id.as_str())
+    .bind(credit.balance_minor)
+    .bind(credit_after)
+    .fetch_all(&mut *connection)
+    .await?;
+    for (account, balance_after) in [(debit, debit_after), (credit, credit_after)] {
+        assert!(
+            updated
+                .iter()
+                .any(|(id, balance)| id == account.id.as_str() && *balance == balance_after),
             "ledger invariant broken: balance of {} changed under the writer",
             account.id.masked()
         );
-        sqlx::query(
-            "INSERT INTO entries (transfer_id, account_id, direction, amount_minor, currency, \
-             balance_after_minor, business_date) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(transfer.id)
-        .bind(account.id.as_str())
-        .bind(direction)
-        .bind(amount_minor)
-        .bind(currency.code())
-        .bind(balance_after)
-        .bind(transfer.business_date)
-        .execute(&mut *connection)
-        .await?;
     }
+    // Both entries in one statement (one round trip).
+    sqlx::query(
+        "INSERT INTO entries (transfer_id, account_id, direction, amount_minor, currency, \
+         balance_after_minor, business_date) \
+         VALUES ($1, $2, 'debit', $4, $5, $6, $8), ($1, $3, 'credit', $4, $5, $7, $8)",
+    )
+    .bind(transfer.id)
+    .bind(debit.id.as_str())
+    .bind(credit.id.as_str())
+    .bind(amount_minor)
+    .bind(currency.code())
+    .bind(debit_after)
+    .bind(credit_after)
+    .bind(transfer.business_date)
+    .execute(&mut *connection)
+    .await?;
     effects.postings.push((transfer.id, currency, amount_minor));
     Ok(())
 }
