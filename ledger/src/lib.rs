@@ -4,8 +4,9 @@
 //! - [`money`], [`account`]: domain types with private fields and fallible constructors
 //!   (`Currency::parse`, `Amount::parse`, `AccountId::parse`). Holding one means it is valid.
 //! - [`transfer`]: transfers, and the command/outcome types of submitting one.
-//! - [`store`]: the [`LedgerStore`] trait and [`SqliteStore`], one SQLite file with a single
-//!   group-committing writer task.
+//! - [`store`]: [`Store`], the one type callers hold: [`SqliteStore`] (one SQLite file, a
+//!   single group-committing writer task) or `PgStore` (PostgreSQL: a group-committing writer
+//!   per replica, the audit sealer, the Kafka outbox; schema in `ledger/migrations/`).
 //!
 //! Invariants (asserted; a violation panics the writer rather than posting a wrong balance):
 //! - Money is `i64` minor units with checked arithmetic; there is no float.
