@@ -18,6 +18,7 @@ mod error;
 pub mod postgres;
 pub mod sink;
 pub mod sqlite;
+mod verify;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;

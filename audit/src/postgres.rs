@@ -23,11 +23,10 @@ use sqlx::postgres::PgRow;
 use sqlx::{Connection, PgConnection, PgPool, Row};
 use uuid::Uuid;
 
-use crate::encoding::{self, Columns, GENESIS_PREVIOUS_HASH};
+use crate::encoding::{self, GENESIS_PREVIOUS_HASH};
 use crate::sqlite::{APPEND_RECORDS_MAX, READ_RECORDS_MAX};
-use crate::{
-    AuditError, BreakKind, BrokenRecord, ChainHead, NewRecord, SealedRecord, VerifyReport,
-};
+use crate::verify::{ChainWalk, StoredSeal, columns_from_row, hash_from_bytes};
+use crate::{AuditError, ChainHead, NewRecord, SealedRecord, VerifyReport};
 
 /// Key of the session-level advisory lock (`pg_try_advisory_lock`) whose holder is the one
 /// sealer of a database. Fixed so every replica of every version competes for the same lock.
@@ -334,18 +333,9 @@ async fn select_after(pool: &PgPool, after: i64, limit: i64) -> Result<Vec<PgRow
 
 fn decode_row(row: &PgRow) -> Result<SealedRecord, AuditError> {
     let sequence: i64 = row.try_get("sequence")?;
-    let stored = StoredRow::from_row(row)
-        .map_err(|reason| AuditError::CorruptRecord { sequence, reason })?;
-    let record = stored
-        .columns
-        .decode()
-        .map_err(|reason| AuditError::CorruptRecord { sequence, reason })?;
-    Ok(SealedRecord {
-        sequence,
-        record,
-        previous_hash: stored.previous_hash,
-        hash: stored.hash,
-    })
+    StoredSeal::from_row(row)
+        .and_then(|stored| stored.into_sealed(sequence))
+        .map_err(|reason| AuditError::CorruptRecord { sequence, reason })
 }
 
 /// Number of sealed records.
@@ -397,13 +387,7 @@ async fn verify_inner(
     pool: &PgPool,
     anchor: Option<&ChainHead>,
 ) -> Result<VerifyReport, AuditError> {
-    let mut report = VerifyReport {
-        records_checked: 0,
-        first_broken: None,
-        last_verified: None,
-    };
-    let mut expected_sequence: i64 = 1;
-    let mut previous_hash = GENESIS_PREVIOUS_HASH;
+    let mut walk = ChainWalk::new(anchor);
     // The CHECK (sequence > 0) keeps planted rows out, unless it was dropped: start below it.
     let mut cursor = i64::MIN;
     loop {
@@ -412,172 +396,15 @@ async fn verify_inner(
         cursor = last_row.try_get("sequence")?;
         for row in &rows {
             let sequence: i64 = row.try_get("sequence")?;
-            let hash = match check_row(row, sequence, expected_sequence, &previous_hash) {
-                Ok(hash) => hash,
-                Err(broken) => {
-                    report.first_broken = Some(broken);
-                    return Ok(report);
-                }
-            };
-            if let Some(anchor) = anchor
-                && anchor.sequence == sequence
-                && anchor.hash != hash
-            {
-                report.first_broken = Some(BrokenRecord {
-                    sequence,
-                    kind: BreakKind::AnchorMismatch,
-                    reason: format!(
-                        "anchor hash {} but the chain now has {}",
-                        hex::encode(anchor.hash),
-                        hex::encode(hash)
-                    ),
-                });
-                return Ok(report);
+            if !walk.check(sequence, StoredSeal::from_row(row)) {
+                break;
             }
-            report.records_checked += 1;
-            report.last_verified = Some(ChainHead { sequence, hash });
-            previous_hash = hash;
-            expected_sequence = sequence.saturating_add(1);
+        }
+        if walk.is_broken() {
+            break;
         }
     }
-    if let Some(anchor) = anchor
-        && anchor.sequence >= expected_sequence
-    {
-        report.first_broken = Some(BrokenRecord {
-            sequence: expected_sequence,
-            kind: BreakKind::Truncated,
-            reason: format!(
-                "the chain ends at {} but the anchor is at {}",
-                expected_sequence - 1,
-                anchor.sequence
-            ),
-        });
-    }
-    Ok(report)
-}
-
-/// Checks one sealed row against the chain so far and returns its (verified) hash.
-fn check_row(
-    row: &PgRow,
-    sequence: i64,
-    expected_sequence: i64,
-    previous_hash: &[u8; 32],
-) -> Result<[u8; 32], BrokenRecord> {
-    let broken = |sequence, kind, reason: String| BrokenRecord {
-        sequence,
-        kind,
-        reason,
-    };
-    if sequence < expected_sequence {
-        return Err(broken(
-            sequence,
-            BreakKind::UnexpectedSequence,
-            format!("sequence {sequence} precedes the chain's next sequence {expected_sequence}"),
-        ));
-    }
-    if sequence > expected_sequence {
-        return Err(broken(
-            expected_sequence,
-            BreakKind::Missing,
-            format!(
-                "sequence {expected_sequence} is missing; the next stored record is {sequence}"
-            ),
-        ));
-    }
-    let stored = StoredRow::from_row(row)
-        .map_err(|reason| broken(sequence, BreakKind::Undecodable, reason))?;
-    let record = stored
-        .columns
-        .decode()
-        .map_err(|reason| broken(sequence, BreakKind::Undecodable, reason))?;
-    if let Some(column) = stored
-        .columns
-        .first_difference(&Columns::from_record(&record))
-    {
-        return Err(broken(
-            sequence,
-            BreakKind::NonCanonical,
-            format!("column {column} is not in the canonical form the record was sealed with"),
-        ));
-    }
-    if stored.previous_hash != *previous_hash {
-        return Err(broken(
-            sequence,
-            BreakKind::PreviousHashMismatch,
-            format!(
-                "previous_hash {} does not match the hash of record {} ({})",
-                hex::encode(stored.previous_hash),
-                sequence - 1,
-                hex::encode(previous_hash)
-            ),
-        ));
-    }
-    let recomputed = encoding::hash_columns(previous_hash, sequence, &stored.columns);
-    if recomputed != stored.hash {
-        return Err(broken(
-            sequence,
-            BreakKind::HashMismatch,
-            format!(
-                "stored hash {} but the record's contents hash to {}",
-                hex::encode(stored.hash),
-                hex::encode(recomputed)
-            ),
-        ));
-    }
-    Ok(stored.hash)
-}
-
-fn hash_from_bytes(bytes: &[u8]) -> Result<[u8; 32], String> {
-    <[u8; 32]>::try_from(bytes).map_err(|_| format!("expected 32 bytes, found {}", bytes.len()))
-}
-
-/// The record text of a row (of `audit_records`, possibly joined), before interpretation.
-fn columns_from_row(row: &PgRow) -> Result<Columns, String> {
-    fn text(row: &PgRow, column: &str) -> Result<String, String> {
-        row.try_get(column)
-            .map_err(|error| format!("{column}: {error}"))
-    }
-    Ok(Columns {
-        record_id: text(row, "record_id")?,
-        kind: text(row, "kind")?,
-        decision_id: text(row, "decision_id")?,
-        timestamp: text(row, "timestamp")?,
-        subject_fingerprint: text(row, "subject_fingerprint")?,
-        subject_common_name: row
-            .try_get("subject_common_name")
-            .map_err(|error| format!("subject_common_name: {error}"))?,
-        subject_roles: text(row, "subject_roles")?,
-        source_address: text(row, "source_address")?,
-        action: text(row, "action")?,
-        masked_input: text(row, "masked_input")?,
-        result: text(row, "result")?,
-        bundle_revision: text(row, "bundle_revision")?,
-        outcome: text(row, "outcome")?,
-        redaction: text(row, "redaction")?,
-    })
-}
-
-/// A sealed row exactly as stored.
-struct StoredRow {
-    columns: Columns,
-    previous_hash: [u8; 32],
-    hash: [u8; 32],
-}
-
-impl StoredRow {
-    fn from_row(row: &PgRow) -> Result<Self, String> {
-        fn hash(row: &PgRow, column: &str) -> Result<[u8; 32], String> {
-            let bytes: Vec<u8> = row
-                .try_get(column)
-                .map_err(|error| format!("{column}: {error}"))?;
-            hash_from_bytes(&bytes).map_err(|reason| format!("{column}: {reason}"))
-        }
-        Ok(StoredRow {
-            columns: columns_from_row(row)?,
-            previous_hash: hash(row, "previous_hash")?,
-            hash: hash(row, "hash")?,
-        })
-    }
+    Ok(walk.finish())
 }
 
 /// Undelivered outbox items whose records are sealed, in chain order, at most `limit`

@@ -5,12 +5,11 @@
 //! the hash chain and [`verify`] are for.
 
 use serde::Serialize;
-use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, SqliteConnection, SqlitePool};
-use uuid::Uuid;
 
-use crate::encoding::{self, Columns, GENESIS_PREVIOUS_HASH};
-use crate::{AuditError, NewRecord, Outcome, RecordKind, SealedRecord, Subject};
+use crate::encoding::{self, GENESIS_PREVIOUS_HASH};
+use crate::verify::{ChainWalk, StoredSeal, hash_from_bytes};
+use crate::{AuditError, NewRecord, SealedRecord};
 
 /// Most records one `append` call takes. The ledger group-commits a bounded batch of commands,
 /// each writing a handful of records; this is far above that and stops a runaway caller from
@@ -264,14 +263,11 @@ pub async fn read_after(
         .await?;
     rows.iter()
         .map(|row| {
-            let stored = StoredRow::from_row(row).map_err(|reason| AuditError::CorruptRecord {
-                sequence: row.try_get("sequence").unwrap_or(-1),
-                reason,
-            })?;
-            stored.decode().map_err(|reason| AuditError::CorruptRecord {
-                sequence: stored.sequence,
-                reason,
-            })
+            // INTEGER PRIMARY KEY is the rowid: always an integer.
+            let sequence: i64 = row.try_get("sequence")?;
+            StoredSeal::from_row(row)
+                .and_then(|stored| stored.into_sealed(sequence))
+                .map_err(|reason| AuditError::CorruptRecord { sequence, reason })
         })
         .collect()
 }
@@ -325,13 +321,7 @@ async fn verify_inner(
     pool: &SqlitePool,
     anchor: Option<&ChainHead>,
 ) -> Result<VerifyReport, AuditError> {
-    let mut report = VerifyReport {
-        records_checked: 0,
-        first_broken: None,
-        last_verified: None,
-    };
-    let mut expected_sequence: i64 = 1;
-    let mut previous_hash = GENESIS_PREVIOUS_HASH;
+    let mut walk = ChainWalk::new(anchor);
     // Start below every possible sequence so rows planted at 0 or below are seen too.
     let mut cursor = i64::MIN;
     loop {
@@ -346,208 +336,13 @@ async fn verify_inner(
             // INTEGER PRIMARY KEY is the rowid: always an integer, so this cannot be tampered
             // into an undecodable value.
             let sequence: i64 = row.try_get("sequence")?;
-            let hash = match check_row(row, sequence, expected_sequence, &previous_hash) {
-                Ok(hash) => hash,
-                Err(broken) => {
-                    report.first_broken = Some(broken);
-                    return Ok(report);
-                }
-            };
-            if let Some(anchor) = anchor
-                && anchor.sequence == sequence
-                && anchor.hash != hash
-            {
-                report.first_broken = Some(BrokenRecord {
-                    sequence,
-                    kind: BreakKind::AnchorMismatch,
-                    reason: format!(
-                        "anchor hash {} but the chain now has {}",
-                        hex::encode(anchor.hash),
-                        hex::encode(hash)
-                    ),
-                });
-                return Ok(report);
+            if !walk.check(sequence, StoredSeal::from_row(row)) {
+                break;
             }
-            report.records_checked += 1;
-            report.last_verified = Some(ChainHead { sequence, hash });
-            previous_hash = hash;
-            expected_sequence = sequence.saturating_add(1);
+        }
+        if walk.is_broken() {
+            break;
         }
     }
-    if let Some(anchor) = anchor
-        && anchor.sequence >= expected_sequence
-    {
-        report.first_broken = Some(BrokenRecord {
-            sequence: expected_sequence,
-            kind: BreakKind::Truncated,
-            reason: format!(
-                "the chain ends at {} but the anchor is at {}",
-                expected_sequence - 1,
-                anchor.sequence
-            ),
-        });
-    }
-    Ok(report)
-}
-
-/// Checks one row against the chain so far and returns its (verified) hash.
-fn check_row(
-    row: &SqliteRow,
-    sequence: i64,
-    expected_sequence: i64,
-    previous_hash: &[u8; 32],
-) -> Result<[u8; 32], BrokenRecord> {
-    let broken = |sequence, kind, reason: String| BrokenRecord {
-        sequence,
-        kind,
-        reason,
-    };
-    if sequence < expected_sequence {
-        return Err(broken(
-            sequence,
-            BreakKind::UnexpectedSequence,
-            format!("sequence {sequence} precedes the chain's next sequence {expected_sequence}"),
-        ));
-    }
-    if sequence > expected_sequence {
-        return Err(broken(
-            expected_sequence,
-            BreakKind::Missing,
-            format!(
-                "sequence {expected_sequence} is missing; the next stored record is {sequence}"
-            ),
-        ));
-    }
-    let stored = StoredRow::from_row(row)
-        .map_err(|reason| broken(sequence, BreakKind::Undecodable, reason))?;
-    let sealed = stored
-        .decode()
-        .map_err(|reason| broken(sequence, BreakKind::Undecodable, reason))?;
-    let canonical = Columns::from_record(&sealed.record);
-    if let Some(column) = stored.columns.first_difference(&canonical) {
-        return Err(broken(
-            sequence,
-            BreakKind::NonCanonical,
-            format!("column {column} is not in the canonical form the record was sealed with"),
-        ));
-    }
-    if stored.previous_hash != *previous_hash {
-        return Err(broken(
-            sequence,
-            BreakKind::PreviousHashMismatch,
-            format!(
-                "previous_hash {} does not match the hash of record {} ({})",
-                hex::encode(stored.previous_hash),
-                sequence - 1,
-                hex::encode(previous_hash)
-            ),
-        ));
-    }
-    let recomputed = encoding::hash_columns(previous_hash, sequence, &stored.columns);
-    if recomputed != stored.hash {
-        return Err(broken(
-            sequence,
-            BreakKind::HashMismatch,
-            format!(
-                "stored hash {} but the record's contents hash to {}",
-                hex::encode(stored.hash),
-                hex::encode(recomputed)
-            ),
-        ));
-    }
-    Ok(stored.hash)
-}
-
-fn hash_from_bytes(bytes: &[u8]) -> Result<[u8; 32], String> {
-    <[u8; 32]>::try_from(bytes).map_err(|_| format!("expected 32 bytes, found {}", bytes.len()))
-}
-
-/// A row exactly as stored, before interpretation.
-struct StoredRow {
-    sequence: i64,
-    columns: Columns,
-    previous_hash: [u8; 32],
-    hash: [u8; 32],
-}
-
-impl StoredRow {
-    /// Reads the raw column values; `Err` names the column that has the wrong type.
-    fn from_row(row: &SqliteRow) -> Result<Self, String> {
-        fn text(row: &SqliteRow, column: &str) -> Result<String, String> {
-            row.try_get(column)
-                .map_err(|error| format!("{column}: {error}"))
-        }
-        fn hash(row: &SqliteRow, column: &str) -> Result<[u8; 32], String> {
-            let bytes: Vec<u8> = row
-                .try_get(column)
-                .map_err(|error| format!("{column}: {error}"))?;
-            hash_from_bytes(&bytes).map_err(|reason| format!("{column}: {reason}"))
-        }
-        Ok(StoredRow {
-            sequence: row
-                .try_get("sequence")
-                .map_err(|error| format!("sequence: {error}"))?,
-            columns: Columns {
-                record_id: text(row, "record_id")?,
-                kind: text(row, "kind")?,
-                decision_id: text(row, "decision_id")?,
-                timestamp: text(row, "timestamp")?,
-                subject_fingerprint: text(row, "subject_fingerprint")?,
-                subject_common_name: row
-                    .try_get("subject_common_name")
-                    .map_err(|error| format!("subject_common_name: {error}"))?,
-                subject_roles: text(row, "subject_roles")?,
-                source_address: text(row, "source_address")?,
-                action: text(row, "action")?,
-                masked_input: text(row, "masked_input")?,
-                result: text(row, "result")?,
-                bundle_revision: text(row, "bundle_revision")?,
-                outcome: text(row, "outcome")?,
-                redaction: text(row, "redaction")?,
-            },
-            previous_hash: hash(row, "previous_hash")?,
-            hash: hash(row, "hash")?,
-        })
-    }
-
-    /// Interprets the stored text as a record; `Err` names the column that does not parse.
-    fn decode(&self) -> Result<SealedRecord, String> {
-        let columns = &self.columns;
-        let uuid = |column: &str, text: &str| {
-            Uuid::parse_str(text).map_err(|error| format!("{column}: {error}"))
-        };
-        let json = |column: &str, text: &str| {
-            serde_json::from_str::<serde_json::Value>(text)
-                .map_err(|error| format!("{column}: {error}"))
-        };
-        let record = NewRecord {
-            record_id: uuid("record_id", &columns.record_id)?,
-            kind: RecordKind::parse(&columns.kind)
-                .ok_or_else(|| format!("kind: unknown value {:?}", columns.kind))?,
-            decision_id: uuid("decision_id", &columns.decision_id)?,
-            timestamp: encoding::parse_timestamp(&columns.timestamp)
-                .map_err(|error| format!("timestamp: {error}"))?,
-            subject: Subject {
-                fingerprint_sha256: columns.subject_fingerprint.clone(),
-                common_name: columns.subject_common_name.clone(),
-                roles: serde_json::from_str(&columns.subject_roles)
-                    .map_err(|error| format!("subject_roles: {error}"))?,
-            },
-            source_address: columns.source_address.clone(),
-            action: columns.action.clone(),
-            masked_input: json("masked_input", &columns.masked_input)?,
-            result: json("result", &columns.result)?,
-            bundle_revision: columns.bundle_revision.clone(),
-            outcome: Outcome::parse(&columns.outcome)
-                .ok_or_else(|| format!("outcome: unknown value {:?}", columns.outcome))?,
-            redaction: serde_json::from_str(&columns.redaction)
-                .map_err(|error| format!("redaction: {error}"))?,
-        };
-        Ok(SealedRecord {
-            sequence: self.sequence,
-            record,
-            previous_hash: self.previous_hash,
-            hash: self.hash,
-        })
-    }
+    Ok(walk.finish())
 }
