@@ -17,14 +17,13 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use time::Date;
-use tokio::sync::mpsc::error::SendTimeoutError;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::account::{Account, AccountId, AccountState, AccountStatus, NewAccount};
 use crate::error::LedgerError;
-use crate::store::writer::{Command, Reply, Shared, Writer};
+use crate::store::writer::{Command, Reply, Shared, Writer, enqueue};
 use crate::store::{
     InvariantReport, LedgerStore, StoreLimits, WriterStats, invariants, rows, schema,
 };
@@ -160,19 +159,13 @@ impl SqliteStore {
     /// Once queued, a command runs even if this future is dropped: cancellation of a request
     /// does not cancel its write (the idempotency row makes a retry safe).
     async fn send<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, LedgerError> {
-        let (reply, response) = oneshot::channel();
-        let timeout = Duration::from_millis(self.limits.enqueue_timeout_ms);
-        match self.sender.send_timeout(command(reply), timeout).await {
-            Ok(()) => {}
-            Err(SendTimeoutError::Timeout(_)) => return Err(LedgerError::Overloaded),
-            Err(SendTimeoutError::Closed(_)) => {
-                return Err(if self.shutting_down.load(Ordering::Acquire) {
-                    LedgerError::ShuttingDown
-                } else {
-                    LedgerError::WriterStopped
-                });
-            }
-        }
+        let response = enqueue(
+            &self.sender,
+            self.limits.enqueue_timeout_ms,
+            &self.shutting_down,
+            command,
+        )
+        .await?;
         response.await.map_err(|_| LedgerError::WriterStopped)?
     }
 

@@ -67,6 +67,82 @@ pub(crate) enum Command {
 }
 
 /// State the writer shares with `SqliteStore`.
+/// Queues a command for a writer, waiting at most `enqueue_timeout_ms` for room (then
+/// `Overloaded`); returns where its reply will arrive. Shared by both stores.
+pub(crate) async fn enqueue<T>(
+    sender: &mpsc::Sender<Command>,
+    enqueue_timeout_ms: u64,
+    shutting_down: &AtomicBool,
+    command: impl FnOnce(Reply<T>) -> Command,
+) -> Result<oneshot::Receiver<Result<T, LedgerError>>, LedgerError> {
+    let (reply, response) = oneshot::channel();
+    let timeout = std::time::Duration::from_millis(enqueue_timeout_ms);
+    match sender.send_timeout(command(reply), timeout).await {
+        Ok(()) => Ok(response),
+        Err(mpsc::error::SendTimeoutError::Timeout(_)) => Err(LedgerError::Overloaded),
+        Err(mpsc::error::SendTimeoutError::Closed(_)) => {
+            Err(if shutting_down.load(Ordering::Acquire) {
+                LedgerError::ShuttingDown
+            } else {
+                LedgerError::WriterStopped
+            })
+        }
+    }
+}
+
+/// The writer's side of the command queue, shared by both back ends' writers: group commit
+/// takes the first queued command, then whatever is already queued, up to a bound.
+pub(crate) struct CommandQueue {
+    receiver: mpsc::Receiver<Command>,
+    shutdown_signal: oneshot::Receiver<()>,
+    closing: bool,
+    batch_commands_max: usize,
+}
+
+impl CommandQueue {
+    pub(crate) fn new(
+        receiver: mpsc::Receiver<Command>,
+        shutdown_signal: oneshot::Receiver<()>,
+        batch_commands_max: usize,
+    ) -> CommandQueue {
+        CommandQueue {
+            receiver,
+            shutdown_signal,
+            closing: false,
+            batch_commands_max,
+        }
+    }
+
+    /// The next batch; `None` once the queue is closed (shutdown signal, or every sender
+    /// dropped) and drained.
+    pub(crate) async fn next_batch(&mut self) -> Option<Vec<Command>> {
+        let first = loop {
+            if self.closing {
+                break self.receiver.recv().await;
+            }
+            tokio::select! {
+                // Shutdown first: under constant load the queue may never be empty.
+                biased;
+                _ = &mut self.shutdown_signal => {
+                    // Refuse new commands; the ones already queued still run.
+                    self.receiver.close();
+                    self.closing = true;
+                }
+                command = self.receiver.recv() => break command,
+            }
+        }?;
+        let mut batch = Vec::with_capacity(self.batch_commands_max);
+        batch.push(first);
+        while batch.len() < self.batch_commands_max {
+            match self.receiver.try_recv() {
+                Ok(command) => batch.push(command),
+                Err(_) => break,
+            }
+        }
+        Some(batch)
+    }
+}
+
 pub(crate) struct Shared {
     /// False after an audit append or a COMMIT failed; true again after a commit that
     /// appended audit records.
@@ -239,35 +315,11 @@ impl Writer {
     /// Runs until the queue is closed (shutdown signal, or every sender dropped) and drained.
     pub(crate) async fn run(
         mut self,
-        mut receiver: mpsc::Receiver<Command>,
-        mut shutdown_signal: oneshot::Receiver<()>,
+        receiver: mpsc::Receiver<Command>,
+        shutdown_signal: oneshot::Receiver<()>,
     ) {
-        let mut closing = false;
-        loop {
-            let first = if closing {
-                receiver.recv().await
-            } else {
-                tokio::select! {
-                    // Shutdown first: under constant load the queue may never be empty.
-                    biased;
-                    _ = &mut shutdown_signal => {
-                        // Refuse new commands; the ones already queued still run below.
-                        receiver.close();
-                        closing = true;
-                        continue;
-                    }
-                    command = receiver.recv() => command,
-                }
-            };
-            let Some(first) = first else { break };
-            let mut batch = Vec::with_capacity(self.batch_commands_max);
-            batch.push(first);
-            while batch.len() < self.batch_commands_max {
-                match receiver.try_recv() {
-                    Ok(command) => batch.push(command),
-                    Err(_) => break,
-                }
-            }
+        let mut queue = CommandQueue::new(receiver, shutdown_signal, self.batch_commands_max);
+        while let Some(batch) = queue.next_batch().await {
             self.run_batch(batch).await;
         }
         if let Some(connection) = self.connection.take()

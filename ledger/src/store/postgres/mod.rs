@@ -30,14 +30,13 @@ use countersign_audit::{ChainHead, NewRecord, OutboxItem, SealedRecord, VerifyRe
 use sqlx::ConnectOptions;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use time::Date;
-use tokio::sync::mpsc::error::SendTimeoutError;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::account::{Account, AccountId, AccountState, AccountStatus, NewAccount};
 use crate::error::LedgerError;
-use crate::store::writer::{Command, Reply, Shared};
+use crate::store::writer::{Command, Reply, Shared, enqueue};
 use crate::store::{InvariantReport, OutboxFullPolicy, StoreLimits, StoreOptions, WriterStats};
 use crate::transfer::{
     SeedTransfer, StoredIdempotency, Transfer, TransferCommand, TransferOutcome,
@@ -278,19 +277,13 @@ impl PgStore {
     /// Queues a command and waits for its reply, which comes after the batch's COMMIT.
     /// Once queued, a command runs even if this future is dropped.
     async fn send<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, LedgerError> {
-        let (reply, response) = oneshot::channel();
-        let timeout = Duration::from_millis(self.limits.enqueue_timeout_ms);
-        match self.sender.send_timeout(command(reply), timeout).await {
-            Ok(()) => {}
-            Err(SendTimeoutError::Timeout(_)) => return Err(LedgerError::Overloaded),
-            Err(SendTimeoutError::Closed(_)) => {
-                return Err(if self.shutting_down.load(Ordering::Acquire) {
-                    LedgerError::ShuttingDown
-                } else {
-                    LedgerError::WriterStopped
-                });
-            }
-        }
+        let response = enqueue(
+            &self.sender,
+            self.limits.enqueue_timeout_ms,
+            &self.shutting_down,
+            command,
+        )
+        .await?;
         match response.await {
             Ok(result) => result,
             // The writer dropped the reply without answering: its batch timed out (the

@@ -38,7 +38,9 @@ use crate::account::{Account, AccountId, AccountStatus, NewAccount};
 use crate::error::LedgerError;
 use crate::money::Currency;
 use crate::store::rules::{Provenance, ledger_refusals, posting_record, run_decide};
-use crate::store::writer::{Command, NO_POLICY_BUNDLE, Reply, SYSTEM_SUBJECT, Shared};
+use crate::store::writer::{
+    Command, CommandQueue, NO_POLICY_BUNDLE, Reply, SYSTEM_SUBJECT, Shared,
+};
 use crate::transfer::{
     DecisionContext, IdempotencyClaim, IdempotencyOutcome, Reason, SeedTransfer, Transfer,
     TransferCommand, TransferOutcome, Verdict, reason_codes,
@@ -229,33 +231,11 @@ impl PgWriter {
     /// Runs until the queue is closed (shutdown signal, or every sender dropped) and drained.
     pub(crate) async fn run(
         mut self,
-        mut receiver: mpsc::Receiver<Command>,
-        mut shutdown_signal: oneshot::Receiver<()>,
+        receiver: mpsc::Receiver<Command>,
+        shutdown_signal: oneshot::Receiver<()>,
     ) {
-        let mut closing = false;
-        loop {
-            let first = if closing {
-                receiver.recv().await
-            } else {
-                tokio::select! {
-                    biased;
-                    _ = &mut shutdown_signal => {
-                        receiver.close();
-                        closing = true;
-                        continue;
-                    }
-                    command = receiver.recv() => command,
-                }
-            };
-            let Some(first) = first else { break };
-            let mut batch = Vec::with_capacity(self.batch_commands_max);
-            batch.push(first);
-            while batch.len() < self.batch_commands_max {
-                match receiver.try_recv() {
-                    Ok(command) => batch.push(command),
-                    Err(_) => break,
-                }
-            }
+        let mut queue = CommandQueue::new(receiver, shutdown_signal, self.batch_commands_max);
+        while let Some(batch) = queue.next_batch().await {
             self.run_batch(batch).await;
         }
         if let Some(connection) = self.connection.take()
@@ -770,9 +750,8 @@ async fn execute_transfer(
         }
         return Ok(TransferOutcome::Replayed(stored));
     }
-    if transfer_exists(connection, transfer_id).await? {
-        return Err(LedgerError::TransferExists(transfer_id));
-    }
+    // A reused transfer id is caught by the primary key of `transfers` (mapped to
+    // `TransferExists` in `execute`, savepoint rolled back): no lookup per transfer.
 
     // (2) Fresh state: the rows are locked by this batch, earlier commands of it are visible.
     let now = to_microseconds(OffsetDateTime::now_utc());
@@ -968,17 +947,6 @@ async fn post(
     Ok(())
 }
 
-async fn transfer_exists(
-    connection: &mut PgConnection,
-    transfer_id: Uuid,
-) -> Result<bool, LedgerError> {
-    let found: Option<i32> = sqlx::query_scalar("SELECT 1 FROM transfers WHERE id = $1")
-        .bind(transfer_id)
-        .fetch_optional(&mut *connection)
-        .await?;
-    Ok(found.is_some())
-}
-
 async fn insert_idempotency(
     connection: &mut PgConnection,
     claim: &IdempotencyClaim,
@@ -1092,9 +1060,6 @@ async fn execute_seed(
     context: &Context<'_>,
     effects: &mut CommandEffects,
 ) -> Result<Transfer, LedgerError> {
-    if transfer_exists(connection, seed.transfer_id).await? {
-        return Err(LedgerError::TransferExists(seed.transfer_id));
-    }
     let debit = rows::load_account(connection, &seed.debit_account)
         .await?
         .ok_or_else(|| LedgerError::AccountNotFound(seed.debit_account.clone()))?;
