@@ -10,6 +10,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use countersign_ledger::OutboxFullPolicy;
 use serde::Deserialize;
 
 /// Environment prefix; a double underscore separates nesting levels.
@@ -176,33 +177,24 @@ impl StoreConfig {
 }
 
 /// The outbox holds audit records not yet acknowledged by Kafka. It grows while the broker is
-/// down; at `rows_max` the gateway does what `when_full` says.
+/// down; at `rows_max` the gateway does what `when_full` says: `"refuse"` transfers with 503
+/// `outbox.full` until the relay catches up (the default here: the stream stays within the lag
+/// the bank accepts), or `"serve"` on with a warning. Either way no record is lost: the records
+/// are in the database; the outbox only says which are not yet in Kafka.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutboxConfig {
     pub rows_max: u64,
-    pub when_full: OutboxWhenFull,
+    pub when_full: OutboxFullPolicy,
 }
 
 impl Default for OutboxConfig {
     fn default() -> Self {
         OutboxConfig {
             rows_max: 1_000_000,
-            when_full: OutboxWhenFull::Refuse,
+            when_full: OutboxFullPolicy::Refuse,
         }
     }
-}
-
-/// What a full outbox does to new transfers. Either way no record is lost: the records are in
-/// the database; the outbox only says which are not yet in Kafka.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OutboxWhenFull {
-    /// Refuse transfers with 503 `outbox.full` until the relay catches up (the stream stays
-    /// within the bound of lag the bank accepts).
-    Refuse,
-    /// Keep serving; the stream lags further behind and a warning is logged and exported.
-    Serve,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

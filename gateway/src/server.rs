@@ -14,7 +14,7 @@ use std::{
 };
 
 use axum::Router;
-use countersign_ledger::{OutboxFullPolicy, Store, StoreLimits, StoreOptions};
+use countersign_ledger::{Store, StoreLimits, StoreOptions};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
@@ -30,7 +30,7 @@ use tower::ServiceExt;
 
 use crate::{
     app::{self, AppState, Caller},
-    config::{Config, OutboxWhenFull},
+    config::Config,
     kafka::KafkaPublisher,
     policy::{Bundle, PolicyEngine, TRANSFER_DECISION},
     relay, reload, stream,
@@ -81,10 +81,7 @@ impl Gateway {
                 queue_commands_max: config.limits.ledger_queue_commands_max,
                 batch_commands_max: config.limits.ledger_batch_commands_max,
                 outbox_rows_max: config.store.outbox.rows_max,
-                outbox_full_policy: match config.store.outbox.when_full {
-                    OutboxWhenFull::Refuse => OutboxFullPolicy::Refuse,
-                    OutboxWhenFull::Serve => OutboxFullPolicy::Serve,
-                },
+                outbox_full_policy: config.store.outbox.when_full,
                 ..StoreLimits::default()
             },
             StoreOptions {

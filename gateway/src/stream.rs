@@ -70,12 +70,7 @@ pub async fn run(
                 Ok(()) => topics_ready = true,
                 Err(error) => {
                     tracing::warn!(error = %error, backoff_ms, "kafka relay: cannot ensure the topics; will retry");
-                    state.metrics.kafka_publish_failures.inc();
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(backoff_ms)) => {}
-                        _ = stop.changed() => {}
-                    }
-                    backoff_ms = (backoff_ms * 2).min(RETRY_BACKOFF_MS_MAX);
+                    back_off(&state, &mut backoff_ms, &mut stop).await;
                     continue;
                 }
             }
@@ -88,12 +83,7 @@ pub async fn run(
             Err(error) => {
                 tracing::warn!(error = %error, backoff_ms, "kafka relay: will retry");
                 topics_ready = false;
-                state.metrics.kafka_publish_failures.inc();
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(backoff_ms)) => {}
-                    _ = stop.changed() => {}
-                }
-                backoff_ms = (backoff_ms * 2).min(RETRY_BACKOFF_MS_MAX);
+                back_off(&state, &mut backoff_ms, &mut stop).await;
                 continue;
             }
         };
@@ -114,6 +104,17 @@ pub async fn run(
         }
     }
     tracing::info!("kafka relay stopped");
+}
+
+/// Counts a failure and waits `backoff_ms` (or until `stop` changes), then doubles it up to
+/// the maximum.
+async fn back_off(state: &AppState, backoff_ms: &mut u64, stop: &mut watch::Receiver<bool>) {
+    state.metrics.kafka_publish_failures.inc();
+    tokio::select! {
+        _ = tokio::time::sleep(Duration::from_millis(*backoff_ms)) => {}
+        _ = stop.changed() => {}
+    }
+    *backoff_ms = (*backoff_ms * 2).min(RETRY_BACKOFF_MS_MAX);
 }
 
 /// One step: reads up to `batch_records_max` pending rows, publishes them, marks the

@@ -102,7 +102,7 @@ pub async fn data(
         &engine,
         &query.trim_start_matches("data.").replace('.', "/"),
         decision_id,
-        request.input.clone().unwrap_or(Value::Null),
+        request.input.unwrap_or(Value::Null),
         result_document,
     );
     let record = NewRecord {

@@ -107,7 +107,7 @@ fn apply(rules: Vec<MaskRule>, mut input: Value, mut result: Value) -> MaskedDec
     let mut input_erased = false;
     let mut result_erased = false;
     for rule in rules {
-        let kind = rule.operation_kind();
+        let removes = rule.operation == Operation::Remove;
         let (document, erased) = match rule.root {
             Root::Input => (&mut input, &mut input_erased),
             Root::Result => (&mut result, &mut result_erased),
@@ -131,31 +131,18 @@ fn apply(rules: Vec<MaskRule>, mut input: Value, mut result: Value) -> MaskedDec
             }
         };
         if applied {
-            match kind {
-                OperationKind::Remove => redaction.erased.push(rule.pointer),
-                OperationKind::Upsert => redaction.masked.push(rule.pointer),
-            }
+            let listed = if removes {
+                &mut redaction.erased
+            } else {
+                &mut redaction.masked
+            };
+            listed.push(rule.pointer);
         }
     }
     MaskedDecision {
         input,
         result,
         redaction,
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum OperationKind {
-    Remove,
-    Upsert,
-}
-
-impl MaskRule {
-    fn operation_kind(&self) -> OperationKind {
-        match self.operation {
-            Operation::Remove => OperationKind::Remove,
-            Operation::Upsert(_) => OperationKind::Upsert,
-        }
     }
 }
 
