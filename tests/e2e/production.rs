@@ -257,14 +257,9 @@ async fn reconcile(
         };
         assert!(topic_is_right, "record {record_id} is on the wrong topic");
     }
-    // Per key, Kafka order is chain order.
-    let mut last_by_key: BTreeMap<(i32, String), i64> = BTreeMap::new();
-    for consumed in consumed_decisions.iter().chain(consumed_postings.iter()) {
-        let _ = last_by_key.insert(
-            (consumed.partition, consumed.key.clone()),
-            consumed.sequence,
-        );
-    }
+    // Per key, Kafka order (first copies) is chain order.
+    assert_per_key_order(&consumed_decisions);
+    assert_per_key_order(&consumed_postings);
     // Every answer the clients got is in the trail.
     let decision_ids: HashSet<String> = records
         .iter()
