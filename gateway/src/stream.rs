@@ -24,6 +24,11 @@ const POLL_INTERVAL_MS: u64 = 500;
 /// account, so this bounds the parallelism of consumers; topics created beforehand by the
 /// platform team keep their own count.
 const TOPIC_PARTITIONS: i32 = 12;
+/// Consecutive failed publishes after which the relay starts a fresh producer. A producer
+/// that lived through a long broker outage can stay wedged (e.g. waiting for a producer-id
+/// epoch bump the broker never grants) without reporting a fatal error; a new producer (new
+/// producer id) republishes the same records, which consumers de-duplicate.
+const PRODUCER_RESET_FAILURES: u32 = 3;
 /// How long the relay keeps trying to flush the outbox at shutdown before it gives up (the
 /// rows stay in the outbox; the next start or another replica publishes them).
 const SHUTDOWN_FLUSH_MS: u64 = 10_000;
@@ -31,7 +36,7 @@ const SHUTDOWN_FLUSH_MS: u64 = 10_000;
 /// Runs until `stop` turns true and the outbox is empty, or the shutdown flush bound passes.
 pub async fn run(
     state: Arc<AppState>,
-    publisher: KafkaPublisher,
+    mut publisher: KafkaPublisher,
     batch_records_max: i64,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -41,6 +46,7 @@ pub async fn run(
     // Checked before the first publish and again after any failure: a broker that lost its
     // topics (or a new cluster) gets them back before the outbox is retried.
     let mut topics_ready = false;
+    let mut failures_in_a_row: u32 = 0;
     loop {
         if *stop.borrow() && stop_deadline.is_none() {
             stop_deadline =
@@ -78,11 +84,28 @@ pub async fn run(
         let published = match publish_once(&state, &publisher, batch_records_max).await {
             Ok(published) => {
                 backoff_ms = RETRY_BACKOFF_MS_MIN;
+                failures_in_a_row = 0;
                 published
             }
             Err(error) => {
                 tracing::warn!(error = %error, backoff_ms, "kafka relay: will retry");
                 topics_ready = false;
+                failures_in_a_row += 1;
+                if failures_in_a_row >= PRODUCER_RESET_FAILURES {
+                    match KafkaPublisher::new(publisher.config()) {
+                        Ok(fresh) => {
+                            tracing::warn!(
+                                failures_in_a_row,
+                                "kafka relay: starting a fresh producer"
+                            );
+                            publisher = fresh;
+                            failures_in_a_row = 0;
+                        }
+                        Err(error) => {
+                            tracing::error!(error = %error, "kafka relay: cannot start a fresh producer");
+                        }
+                    }
+                }
                 back_off(&state, &mut backoff_ms, &mut stop).await;
                 continue;
             }
