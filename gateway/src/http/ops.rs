@@ -19,10 +19,12 @@ pub async fn healthz() -> impl IntoResponse {
 pub async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     let policy = state.policy.load();
     let audit_writable = state.store.audit_writable();
-    let ready = state.is_ready();
+    let store_reachable = state.store.reachable().await;
+    let ready = state.is_ready() && store_reachable;
     let body = Json(json!({
         "ready": ready,
         "audit_writable": audit_writable,
+        "store_reachable": store_reachable,
         "policy": {
             "revision": policy.revision(),
             "evaluator": policy.evaluator(),

@@ -237,6 +237,24 @@ impl Store {
         }
     }
 
+    /// Whether the database answers right now (a bounded `SELECT 1` on PostgreSQL; the
+    /// embedded file is always there). For readiness: `audit_writable` only changes when a
+    /// write is tried, and while PostgreSQL is down requests may fail before reaching a write.
+    pub async fn reachable(&self) -> bool {
+        const PING_TIMEOUT_MS: u64 = 1_000;
+        match self {
+            Store::Sqlite(_) => true,
+            Store::Postgres(store) => matches!(
+                tokio::time::timeout(
+                    Duration::from_millis(PING_TIMEOUT_MS),
+                    sqlx::query("SELECT 1").execute(store.pool()),
+                )
+                .await,
+                Ok(Ok(_))
+            ),
+        }
+    }
+
     pub fn audit_writable(&self) -> bool {
         on_backend!(self, store => store.audit_writable())
     }
