@@ -30,12 +30,19 @@ pub use postgres::OutboxItem;
 pub use sink::{AuditSink, DecisionLogLabels, JsonlDecisionLog, decision_path};
 pub use sqlite::{BreakKind, BrokenRecord, ChainHead, VerifyReport};
 
-/// Why an audit record exists: a policy decision, or a ledger posting that followed one.
+/// Why an audit record exists: a policy decision, or what the ledger did after one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RecordKind {
     Decision,
+    /// A transfer posted (two entries written).
     Posting,
+    /// Funds reserved for a transfer held for approval (maker-checker).
+    Reservation,
+    /// An approve/reject the policy allowed, accepted or refused by the ledger.
+    Approval,
+    /// A held transfer voided (rejected, expired, or refused at posting); reservation released.
+    Release,
 }
 
 impl RecordKind {
@@ -45,6 +52,9 @@ impl RecordKind {
         match self {
             RecordKind::Decision => "decision",
             RecordKind::Posting => "posting",
+            RecordKind::Reservation => "reservation",
+            RecordKind::Approval => "approval",
+            RecordKind::Release => "release",
         }
     }
 
@@ -53,6 +63,9 @@ impl RecordKind {
         match text {
             "decision" => Some(RecordKind::Decision),
             "posting" => Some(RecordKind::Posting),
+            "reservation" => Some(RecordKind::Reservation),
+            "approval" => Some(RecordKind::Approval),
+            "release" => Some(RecordKind::Release),
             _ => None,
         }
     }
@@ -66,6 +79,10 @@ pub enum Outcome {
     Deny,
     Error,
     Posted,
+    /// Allowed subject to approval: held, funds reserved.
+    Pending,
+    /// A held transfer that will never post.
+    Voided,
 }
 
 impl Outcome {
@@ -77,6 +94,8 @@ impl Outcome {
             Outcome::Deny => "deny",
             Outcome::Error => "error",
             Outcome::Posted => "posted",
+            Outcome::Pending => "pending",
+            Outcome::Voided => "voided",
         }
     }
 
@@ -87,6 +106,8 @@ impl Outcome {
             "deny" => Some(Outcome::Deny),
             "error" => Some(Outcome::Error),
             "posted" => Some(Outcome::Posted),
+            "pending" => Some(Outcome::Pending),
+            "voided" => Some(Outcome::Voided),
             _ => None,
         }
     }
@@ -227,7 +248,13 @@ mod tests {
 
     #[test]
     fn enum_spellings_round_trip() {
-        for kind in [RecordKind::Decision, RecordKind::Posting] {
+        for kind in [
+            RecordKind::Decision,
+            RecordKind::Posting,
+            RecordKind::Reservation,
+            RecordKind::Approval,
+            RecordKind::Release,
+        ] {
             assert_eq!(RecordKind::parse(kind.as_str()), Some(kind));
             assert_eq!(
                 serde_json::to_value(kind).ok(),
@@ -239,6 +266,8 @@ mod tests {
             Outcome::Deny,
             Outcome::Error,
             Outcome::Posted,
+            Outcome::Pending,
+            Outcome::Voided,
         ] {
             assert_eq!(Outcome::parse(outcome.as_str()), Some(outcome));
             assert_eq!(

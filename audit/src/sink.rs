@@ -62,7 +62,14 @@ pub async fn relay_batch<S: AuditSink>(
 /// The decision-log `path` for an action: the resource before the first `.`, as in
 /// "transfer.create" → "countersign/transfer/decision". The one place this mapping lives.
 /// Characters outside `[a-z0-9_]` become `_` so a path is always a valid OPA path.
+///
+/// Exception: approving or rejecting a held transfer ("transfer.approve", "transfer.reject")
+/// is decided by the approval rule, so its events carry that rule's path,
+/// "countersign/approval/decision" (OPA consumers group decisions by the rule that made them).
 pub fn decision_path(action: &str) -> String {
+    if matches!(action, "transfer.approve" | "transfer.reject") {
+        return "countersign/approval/decision".to_owned();
+    }
     let resource = action
         .split_once('.')
         .map_or(action, |(resource, _)| resource);
@@ -99,8 +106,8 @@ impl Default for DecisionLogLabels {
 }
 
 /// One OPA decision-log event for a sealed record, with our chain fields under `countersign`.
-/// Posting records are logged too (the log is the complete audit trail); tell them apart by
-/// `countersign.kind`.
+/// Ledger records (posting, reservation, approval, release) are logged too (the log is the
+/// complete audit trail); tell them apart by `countersign.kind` and `countersign.outcome`.
 pub fn decision_log_event(sealed: &SealedRecord, labels: &DecisionLogLabels) -> Value {
     let record = &sealed.record;
     let redaction = &record.redaction;
@@ -389,6 +396,11 @@ mod tests {
     fn decision_paths() {
         let cases = [
             ("transfer.create", "countersign/transfer/decision"),
+            ("transfer.approve", "countersign/approval/decision"),
+            ("transfer.reject", "countersign/approval/decision"),
+            ("approval.approve", "countersign/approval/decision"),
+            ("ledger.reserve", "countersign/ledger/decision"),
+            ("ledger.release.expired", "countersign/ledger/decision"),
             ("account.create", "countersign/account/decision"),
             ("ledger.seed", "countersign/ledger/decision"),
             ("transfer", "countersign/transfer/decision"),

@@ -18,7 +18,10 @@ use std::{
 };
 
 use countersign::{
-    config::{AuditConfig, Config, Limits, LogConfig, PolicyConfig, StoreConfig, TlsConfig},
+    config::{
+        ApprovalsConfig, AuditConfig, Config, Limits, LogConfig, PolicyConfig, StoreConfig,
+        TlsConfig,
+    },
     pki::{CertificateAuthority, ClientSpec, IssuedCertificate},
     policy::{Bundle, PolicyEngine, TRANSFER_DECISION},
     server::Gateway,
@@ -59,9 +62,11 @@ fn representative_input() -> serde_json::Value {
             "roles": ["channel"]},
         "accounts": {
             "debit": {"id": "DE89370400440532013000", "status": "active", "currency": "EUR", "overdraft_allowed": false,
-                "balance": "10000.00", "balance_minor": 1000000, "debited_today": "0.00", "debited_today_minor": 0},
+                "balance": "10000.00", "balance_minor": 1000000, "debited_today": "0.00", "debited_today_minor": 0,
+                "reserved": "0.00", "reserved_minor": 0, "available": "10000.00", "available_minor": 1000000},
             "credit": {"id": "FR1420041010050500013M02606", "status": "active", "currency": "EUR", "overdraft_allowed": false,
-                "balance": "250.00", "balance_minor": 25000, "debited_today": "0.00", "debited_today_minor": 0}
+                "balance": "250.00", "balance_minor": 25000, "debited_today": "0.00", "debited_today_minor": 0,
+                "reserved": "0.00", "reserved_minor": 0, "available": "250.00", "available_minor": 25000}
         },
         "context": {"time": "2026-11-26T12:00:00Z", "request_id": "r-1", "channel": "mobile-banking",
             "source_address": "127.0.0.1:1", "audit": {"enabled": true}}
@@ -123,6 +128,7 @@ fn config_for(directory: &Path, store_url: &str, batch_commands_max: usize) -> C
             ledger_batch_commands_max: batch_commands_max,
             ..Limits::default()
         },
+        approvals: ApprovalsConfig::default(),
         log: LogConfig::default(),
         role_mapping: countersign::config::default_role_mapping(),
         routes: Vec::new(),

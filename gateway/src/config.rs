@@ -58,6 +58,9 @@ pub struct Config {
     pub kafka: Option<crate::kafka::KafkaConfig>,
     #[serde(default)]
     pub limits: Limits,
+    /// Maker-checker: how long a held transfer waits for approval, and the expiry sweeper.
+    #[serde(default)]
+    pub approvals: ApprovalsConfig,
     #[serde(default)]
     pub log: LogConfig,
     /// How certificate attributes map to roles. A caller with no role can do nothing but
@@ -234,6 +237,70 @@ impl Default for Limits {
     }
 }
 
+/// Maker-checker (`[approvals]`). A transfer the policy holds for approval reserves its amount
+/// until it is approved, rejected or expires; expiry releases the reservation. Every replica
+/// sweeps (the ledger serialises the sweeps), and an approve/reject that arrives after the
+/// expiry finds the request expired even if no sweep has run yet.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApprovalsConfig {
+    /// A held transfer still pending this long after it was made expires.
+    /// 1..=2592000 (30 days).
+    pub timeout_seconds: u64,
+    /// How often the sweeper looks for held transfers past their expiry. 10..=3600000.
+    pub sweep_interval_ms: u64,
+    /// Most held transfers one sweep expires in one ledger transaction; a full batch is
+    /// followed by another at once. 1..=10000.
+    pub sweep_batch_max: u32,
+}
+
+/// Bounds of `[approvals]`, each named with its unit.
+pub const APPROVALS_TIMEOUT_SECONDS_MAX: u64 = 30 * 24 * 60 * 60;
+pub const APPROVALS_SWEEP_INTERVAL_MS_MIN: u64 = 10;
+pub const APPROVALS_SWEEP_INTERVAL_MS_MAX: u64 = 60 * 60 * 1000;
+pub const APPROVALS_SWEEP_BATCH_MAX_MAX: u32 = 10_000;
+
+impl Default for ApprovalsConfig {
+    fn default() -> Self {
+        ApprovalsConfig {
+            timeout_seconds: 24 * 60 * 60,
+            sweep_interval_ms: 1_000,
+            sweep_batch_max: 100,
+        }
+    }
+}
+
+impl ApprovalsConfig {
+    /// Checks every bound; errors name the key.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=APPROVALS_TIMEOUT_SECONDS_MAX).contains(&self.timeout_seconds) {
+            return Err(ConfigError::key(
+                "approvals.timeout_seconds",
+                format!(
+                    "must be 1..={APPROVALS_TIMEOUT_SECONDS_MAX} (1 second to 30 days); a held transfer keeps its funds reserved that long"
+                ),
+            ));
+        }
+        if !(APPROVALS_SWEEP_INTERVAL_MS_MIN..=APPROVALS_SWEEP_INTERVAL_MS_MAX)
+            .contains(&self.sweep_interval_ms)
+        {
+            return Err(ConfigError::key(
+                "approvals.sweep_interval_ms",
+                format!(
+                    "must be {APPROVALS_SWEEP_INTERVAL_MS_MIN}..={APPROVALS_SWEEP_INTERVAL_MS_MAX} (10 ms to 1 hour)"
+                ),
+            ));
+        }
+        if !(1..=APPROVALS_SWEEP_BATCH_MAX_MAX).contains(&self.sweep_batch_max) {
+            return Err(ConfigError::key(
+                "approvals.sweep_batch_max",
+                format!("must be 1..={APPROVALS_SWEEP_BATCH_MAX_MAX}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -326,6 +393,7 @@ pub struct RouteConfig {
 /// Paths the gateway serves itself; a route may neither equal, contain nor lie below them.
 pub const RESERVED_PATHS: &[&str] = &[
     "/v1/transfers",
+    "/v1/approvals",
     "/v1/accounts",
     "/v1/data",
     "/health",
@@ -503,6 +571,7 @@ impl Config {
                 "must be greater than 0",
             ));
         }
+        self.approvals.validate()?;
         if let Some(kafka) = &self.kafka {
             if !self.store.is_postgres() {
                 return Err(ConfigError::key(
@@ -821,6 +890,63 @@ mod tests {
             &[("COUNTERSIGN__POLICY__DECISION_TIMEOUT_MS", "0")],
             "policy.decision_timeout_ms",
         );
+    }
+
+    #[test]
+    fn approvals_have_defaults_and_bounds() {
+        let config = Config::from_table(base()).unwrap();
+        assert_eq!(config.approvals, ApprovalsConfig::default());
+        assert_eq!(config.approvals.timeout_seconds, 86_400);
+        assert_eq!(config.approvals.sweep_interval_ms, 1_000);
+        assert_eq!(config.approvals.sweep_batch_max, 100);
+
+        let mut table = base();
+        apply_env(
+            &mut table,
+            [
+                (
+                    "COUNTERSIGN__APPROVALS__TIMEOUT_SECONDS".into(),
+                    "2592000".into(),
+                ),
+                (
+                    "COUNTERSIGN__APPROVALS__SWEEP_INTERVAL_MS".into(),
+                    "10".into(),
+                ),
+                (
+                    "COUNTERSIGN__APPROVALS__SWEEP_BATCH_MAX".into(),
+                    "10000".into(),
+                ),
+            ],
+        )
+        .unwrap();
+        let config = Config::from_table(table).unwrap();
+        assert_eq!(
+            config.approvals,
+            ApprovalsConfig {
+                timeout_seconds: 2_592_000,
+                sweep_interval_ms: 10,
+                sweep_batch_max: 10_000,
+            }
+        );
+
+        for (variable, value, key) in [
+            ("TIMEOUT_SECONDS", "0", "approvals.timeout_seconds"),
+            ("TIMEOUT_SECONDS", "2592001", "approvals.timeout_seconds"),
+            ("TIMEOUT_SECONDS", "-1", "approvals.timeout_seconds"),
+            ("TIMEOUT_SECONDS", "a day", "approvals.timeout_seconds"),
+            ("SWEEP_INTERVAL_MS", "9", "approvals.sweep_interval_ms"),
+            (
+                "SWEEP_INTERVAL_MS",
+                "3600001",
+                "approvals.sweep_interval_ms",
+            ),
+            ("SWEEP_BATCH_MAX", "0", "approvals.sweep_batch_max"),
+            ("SWEEP_BATCH_MAX", "10001", "approvals.sweep_batch_max"),
+            ("SURPRISE", "1", "approvals.surprise"),
+        ] {
+            let name = format!("COUNTERSIGN__APPROVALS__{variable}");
+            check_error(&[(name.as_str(), value)], key);
+        }
     }
 
     fn check_route_error(route: &str, expected_key: &str) {

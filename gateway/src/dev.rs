@@ -15,7 +15,10 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::{
-    config::{AuditConfig, Config, Limits, LogConfig, PolicyConfig, StoreConfig, TlsConfig},
+    config::{
+        ApprovalsConfig, AuditConfig, Config, Limits, LogConfig, PolicyConfig, StoreConfig,
+        TlsConfig,
+    },
     pki::{DevPki, PkiError},
 };
 
@@ -45,6 +48,17 @@ pub const DEMO_ACCOUNTS: &[(&str, &str, AccountStatus, bool, &str)] = &[
         AccountStatus::Active,
         false,
         "2500000.00",
+    ),
+    // A corporate treasury account with enough for the maker-checker examples: a
+    // 2,000,000.00 transfer (one approval) and a 20,000,000.00 one (two approvals) held at
+    // the same time. Held transfers are exempt from the daily limit; their amounts are
+    // reserved, so both must fit the balance together.
+    (
+        "DE44500105175407324931",
+        "EUR",
+        AccountStatus::Active,
+        false,
+        "30000000.00",
     ),
     (
         "FR1420041010050500013M02606",
@@ -109,6 +123,7 @@ pub fn dev_config(
         },
         kafka: None,
         limits: Limits::default(),
+        approvals: ApprovalsConfig::default(),
         log: LogConfig::default(),
         role_mapping: crate::config::default_role_mapping(),
         routes: Vec::new(),
@@ -235,12 +250,13 @@ pub fn curl_examples(pki: &DevPki, listen_address: SocketAddr) -> String {
 curl -sS {channel} -H 'Content-Type: application/json' -H 'Idempotency-Key: quickstart-allowed-1' \\
   -d '{{\"debit_account\":\"DE89370400440532013000\",\"credit_account\":\"FR1420041010050500013M02606\",\"amount\":\"250.00\",\"currency\":\"EUR\",\"purpose\":\"SUPP\"}}' \\
   {base}/v1/transfers
-# over the single-transfer limit of 1,000,000.00 (403 with reasons)
-curl -sS {channel} -H 'Content-Type: application/json' -H 'Idempotency-Key: quickstart-over-limit-1' \\
-  -d '{{\"debit_account\":\"DE89370400440532013000\",\"credit_account\":\"FR1420041010050500013M02606\",\"amount\":\"1500000.00\",\"currency\":\"EUR\"}}' \\
+# to a frozen account (403 with reasons)
+curl -sS {channel} -H 'Content-Type: application/json' -H 'Idempotency-Key: quickstart-frozen-1' \\
+  -d '{{\"debit_account\":\"DE89370400440532013000\",\"credit_account\":\"DE75512108001245126199\",\"amount\":\"100.00\",\"currency\":\"EUR\"}}' \\
   {base}/v1/transfers
 # balances
 curl -sS {channel} {base}/v1/accounts/DE89370400440532013000
+# above 1,000,000.00 a transfer is held for approval (202): README.md, \"Maker-checker\"
 # the audit trail's integrity, offline (stop the server first or run it alongside)
 countersign audit verify --dev
 "

@@ -8,15 +8,17 @@
 //! `countersign-sequence` and `countersign-hash` let them check the chain as well).
 //!
 //! Layout of a message:
-//! - topic: `decisions_topic` for [`RecordKind::Decision`], `transactions_topic` for
-//!   [`RecordKind::Posting`];
+//! - topic: `decisions_topic` for what someone decided ([`RecordKind::Decision`], and
+//!   [`RecordKind::Approval`]: an approve/reject the ledger accepted or refused),
+//!   `transactions_topic` for what happened to money ([`RecordKind::Posting`],
+//!   [`RecordKind::Reservation`] and [`RecordKind::Release`] of a held transfer);
 //! - key: the key the outbox gives (the account), so one account's records land in one
 //!   partition and keep their order there;
 //! - value: the record's OPA decision-log event in canonical JSON, byte for byte the line the
 //!   JSONL decision log writes (`countersign_audit::sink::decision_log_event`);
 //! - headers: `countersign-record-id`, `countersign-sequence` (decimal), `countersign-hash`
-//!   (lowercase hex) and `countersign-kind` (`decision` / `posting`), so consumers can route
-//!   and deduplicate without parsing the value.
+//!   (lowercase hex) and `countersign-kind` (`decision`, `posting`, `reservation`,
+//!   `approval`, `release`), so consumers can route and deduplicate without parsing the value.
 //!
 //! Order: the producer is idempotent (`enable.idempotence=true`, at most 5 requests in
 //! flight per connection), so librdkafka's own retries neither reorder nor duplicate within a
@@ -52,7 +54,8 @@ pub const HEADER_RECORD_ID: &str = "countersign-record-id";
 pub const HEADER_SEQUENCE: &str = "countersign-sequence";
 /// Header carrying the record's chain hash, lowercase hex.
 pub const HEADER_HASH: &str = "countersign-hash";
-/// Header carrying the record kind (`decision` or `posting`).
+/// Header carrying the record kind (`decision`, `posting`, `reservation`, `approval`,
+/// `release`).
 pub const HEADER_KIND: &str = "countersign-kind";
 
 /// librdkafka reports every message within `message.timeout.ms`; this is how much longer we
@@ -82,10 +85,11 @@ const TOPIC_PARTITIONS_MAX: i32 = 1_000;
 pub struct KafkaConfig {
     /// Bootstrap servers, `host:port[,host:port…]`.
     pub brokers: String,
-    /// Topic for policy decision records.
+    /// Topic for policy decision records and approval records (approve/reject steps).
     #[serde(default = "default_decisions_topic")]
     pub decisions_topic: String,
-    /// Topic for ledger posting records.
+    /// Topic for ledger records that move or hold money: postings, reservations of held
+    /// transfers and their releases.
     #[serde(default = "default_transactions_topic")]
     pub transactions_topic: String,
     /// `client.id`, shown in broker logs and quotas.
@@ -187,10 +191,13 @@ impl KafkaConfig {
     }
 
     /// The topic a record of `kind` is published to. The one place this routing lives.
+    /// Exhaustive on purpose: a new kind must be routed here before it compiles.
     pub fn topic_for(&self, kind: RecordKind) -> &str {
         match kind {
-            RecordKind::Decision => &self.decisions_topic,
-            RecordKind::Posting => &self.transactions_topic,
+            RecordKind::Decision | RecordKind::Approval => &self.decisions_topic,
+            RecordKind::Posting | RecordKind::Reservation | RecordKind::Release => {
+                &self.transactions_topic
+            }
         }
     }
 
@@ -690,14 +697,15 @@ mod tests {
         assert_eq!(config, KafkaConfig::new("localhost:9092"));
         assert_eq!(config.decisions_topic, "countersign.decisions");
         assert_eq!(config.transactions_topic, "countersign.transactions");
-        assert_eq!(
-            config.topic_for(RecordKind::Decision),
-            "countersign.decisions"
-        );
-        assert_eq!(
-            config.topic_for(RecordKind::Posting),
-            "countersign.transactions"
-        );
+        for (kind, topic) in [
+            (RecordKind::Decision, "countersign.decisions"),
+            (RecordKind::Approval, "countersign.decisions"),
+            (RecordKind::Posting, "countersign.transactions"),
+            (RecordKind::Reservation, "countersign.transactions"),
+            (RecordKind::Release, "countersign.transactions"),
+        ] {
+            assert_eq!(config.topic_for(kind), topic, "{kind:?}");
+        }
         config.validate().expect("defaults are valid");
 
         assert!(parse("").is_err(), "brokers is required");

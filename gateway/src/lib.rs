@@ -18,4 +18,5 @@ pub mod relay;
 pub mod reload;
 pub mod server;
 pub mod stream;
+pub mod sweeper;
 pub mod tls;

@@ -35,6 +35,11 @@ pub struct Metrics {
     pub tls_handshake_failures: Family<Labels, Counter>,
     pub policy_bundle_info: Family<Labels, Gauge<i64, AtomicI64>>,
     pub policy_reloads: Family<Labels, Counter>,
+    /// Approve/reject steps by action and outcome (accepted, denied by the policy, refused
+    /// by the ledger's four-eyes rules).
+    pub approval_steps: Family<Labels, Counter>,
+    pub approvals_expired: Counter,
+    pub approval_sweep_failures: Counter,
 }
 
 impl Default for Metrics {
@@ -56,7 +61,7 @@ impl Metrics {
         let decisions = Family::<Labels, Counter>::default();
         registry.register(
             "decisions",
-            "Policy decisions by action and outcome (allow, deny, error)",
+            "Policy decisions by action and outcome (allow, pending, deny, error)",
             decisions.clone(),
         );
         let decision_reasons = Family::<Labels, Counter>::default();
@@ -119,8 +124,29 @@ impl Metrics {
             "Policy bundle reload attempts by trigger and result (ok, refused)",
             policy_reloads.clone(),
         );
+        let approval_steps = Family::<Labels, Counter>::default();
+        registry.register(
+            "approval_steps",
+            "Approve/reject steps on held transfers by action (approve, reject) and outcome (accepted, denied by policy, refused by the ledger)",
+            approval_steps.clone(),
+        );
+        let approvals_expired = Counter::default();
+        registry.register(
+            "approvals_expired",
+            "Held transfers expired by the sweeper (reservation released)",
+            approvals_expired.clone(),
+        );
+        let approval_sweep_failures = Counter::default();
+        registry.register(
+            "approval_sweep_failures",
+            "Expiry sweeps that failed (store unavailable); the next sweep retries",
+            approval_sweep_failures.clone(),
+        );
         Metrics {
             policy_reloads,
+            approval_steps,
+            approvals_expired,
+            approval_sweep_failures,
             registry,
             http_request_duration,
             decisions,
@@ -151,6 +177,17 @@ impl Metrics {
                 ("evaluator", format!("{evaluator:?}").to_lowercase()),
             ])
             .set(1);
+    }
+
+    /// One approve/reject step: `outcome` is `accepted`, `denied` (policy) or `refused`
+    /// (ledger).
+    pub fn record_approval_step(&self, action: &str, outcome: &str) {
+        self.approval_steps
+            .get_or_create(&vec![
+                ("action", action.to_owned()),
+                ("outcome", outcome.to_owned()),
+            ])
+            .inc();
     }
 
     pub fn record_decision(&self, action: &str, outcome: &str, reason_codes: &[String]) {

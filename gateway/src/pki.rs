@@ -195,14 +195,53 @@ impl CertificateAuthority {
     }
 }
 
-/// The dev roles and the common names their certificates carry.
-pub const DEV_CLIENTS: &[(&str, &str)] = &[
-    ("channel", "mobile-banking"),
-    ("teller", "teller-0042"),
-    ("approver", "approver-alice"),
-    ("auditor", "auditor-bob"),
-    ("admin", "admin-carol"),
-    ("policy_client", "payments-service"),
+/// One dev client certificate: the file stem under the dev PKI directory (`<stem>.crt`,
+/// `<stem>.key`), the role (the certificate's OU) and its common name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DevClient {
+    pub file_stem: &'static str,
+    pub role: &'static str,
+    pub common_name: &'static str,
+}
+
+/// The dev client certificates: one per role (file stem = role), plus a second approver so
+/// that a transfer needing two approvals can be approved by two different people.
+pub const DEV_CLIENTS: &[DevClient] = &[
+    DevClient {
+        file_stem: "channel",
+        role: "channel",
+        common_name: "mobile-banking",
+    },
+    DevClient {
+        file_stem: "teller",
+        role: "teller",
+        common_name: "teller-0042",
+    },
+    DevClient {
+        file_stem: "approver",
+        role: "approver",
+        common_name: "approver-alice",
+    },
+    DevClient {
+        file_stem: "approver2",
+        role: "approver",
+        common_name: "approver-dave",
+    },
+    DevClient {
+        file_stem: "auditor",
+        role: "auditor",
+        common_name: "auditor-bob",
+    },
+    DevClient {
+        file_stem: "admin",
+        role: "admin",
+        common_name: "admin-carol",
+    },
+    DevClient {
+        file_stem: "policy_client",
+        role: "policy_client",
+        common_name: "payments-service",
+    },
 ];
 
 /// Paths of the files `serve --dev` writes.
@@ -221,15 +260,18 @@ impl DevPki {
     pub fn server_key(&self) -> PathBuf {
         self.directory.join("server.key")
     }
-    pub fn client_certificate(&self, role: &str) -> PathBuf {
-        self.directory.join(format!("{role}.crt"))
+    /// `file_stem` is a [`DevClient::file_stem`] (the role name, or `approver2`).
+    pub fn client_certificate(&self, file_stem: &str) -> PathBuf {
+        self.directory.join(format!("{file_stem}.crt"))
     }
-    pub fn client_key(&self, role: &str) -> PathBuf {
-        self.directory.join(format!("{role}.key"))
+    pub fn client_key(&self, file_stem: &str) -> PathBuf {
+        self.directory.join(format!("{file_stem}.key"))
     }
 
     /// Creates the dev PKI under `directory` unless a complete one is already there, so the
-    /// curl commands printed on an earlier start keep working.
+    /// curl commands printed on an earlier start keep working. One that lacks a certificate
+    /// (e.g. `approver2`, added later) is issued afresh, CA included: the CA key is never
+    /// kept on disk.
     pub fn ensure(directory: &Path) -> Result<DevPki, PkiError> {
         let pki = DevPki {
             directory: directory.to_owned(),
@@ -238,7 +280,7 @@ impl DevPki {
             && pki.server_key().exists()
             && DEV_CLIENTS
                 .iter()
-                .all(|(role, _)| pki.client_key(role).exists());
+                .all(|client| pki.client_key(client.file_stem).exists());
         if complete {
             return Ok(pki);
         }
@@ -257,10 +299,13 @@ impl DevPki {
         )?;
         write(&pki.server_certificate(), &server.certificate_pem)?;
         write(&pki.server_key(), &server.private_key_pem)?;
-        for (role, common_name) in DEV_CLIENTS {
-            let client = ca.issue_client(&ClientSpec::for_role(common_name, role))?;
-            write(&pki.client_certificate(role), &client.certificate_pem)?;
-            write(&pki.client_key(role), &client.private_key_pem)?;
+        for client in DEV_CLIENTS {
+            let issued = ca.issue_client(&ClientSpec::for_role(client.common_name, client.role))?;
+            write(
+                &pki.client_certificate(client.file_stem),
+                &issued.certificate_pem,
+            )?;
+            write(&pki.client_key(client.file_stem), &issued.private_key_pem)?;
         }
         Ok(pki)
     }
@@ -271,4 +316,35 @@ fn write(path: &Path, contents: &str) -> Result<(), PkiError> {
         path: path.to_owned(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_clients_cover_every_role_with_distinct_files_and_two_approvers() {
+        for role in crate::config::KNOWN_ROLES {
+            assert!(
+                DEV_CLIENTS
+                    .iter()
+                    .any(|client| client.role == *role && client.file_stem == *role),
+                "no dev certificate {role}.crt"
+            );
+        }
+        let mut stems: Vec<_> = DEV_CLIENTS.iter().map(|client| client.file_stem).collect();
+        stems.sort_unstable();
+        stems.dedup();
+        assert_eq!(
+            stems.len(),
+            DEV_CLIENTS.len(),
+            "file stems must be distinct"
+        );
+        let approvers: Vec<_> = DEV_CLIENTS
+            .iter()
+            .filter(|client| client.role == "approver")
+            .map(|client| client.common_name)
+            .collect();
+        assert_eq!(approvers, ["approver-alice", "approver-dave"]);
+    }
 }

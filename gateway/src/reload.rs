@@ -93,6 +93,7 @@ pub fn prepare(
     // The proxy routes' rules are compiled now too: a bundle that lacks one is refused, and
     // no request pays for a compile after the swap.
     crate::proxy::prepare_policy(&engine, routes)?;
+    crate::http::approvals::prepare_policy(&engine);
     Ok(engine)
 }
 

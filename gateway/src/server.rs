@@ -3,8 +3,8 @@
 //!
 //! Lifecycle (mini-redis style): `Gateway::build` opens the store and compiles the policy;
 //! `Gateway::run(listener, ops_listener, shutdown)` serves until `shutdown` resolves, then
-//! stops accepting, lets in-flight requests finish within `limits.shutdown_drain_ms`,
-//! flushes the ledger writer and the audit sinks, and returns.
+//! stops accepting, lets in-flight requests finish within `limits.shutdown_drain_ms`, stops
+//! the approval sweeper, flushes the ledger writer and the audit sinks, and returns.
 
 use std::{
     future::Future,
@@ -33,7 +33,7 @@ use crate::{
     config::Config,
     kafka::KafkaPublisher,
     policy::{Bundle, PolicyEngine, TRANSFER_DECISION},
-    relay, reload, stream,
+    relay, reload, stream, sweeper,
     tls::{self, Identity},
 };
 
@@ -75,6 +75,9 @@ impl Gateway {
         )?;
         // Proxy routes' rules are compiled now: a bundle without them refuses to start.
         crate::proxy::prepare_policy(&policy, &config.routes)?;
+        // The approval rule too, so no approve/reject pays for the compile (a bundle without
+        // it still starts: approvals are then denied, held transfers expire).
+        crate::http::approvals::prepare_policy(&policy);
         let store = Store::open_with(
             &config.store.url,
             StoreLimits {
@@ -153,6 +156,10 @@ impl Gateway {
             })
         });
 
+        // The approval sweeper stops with the connections and is awaited before the ledger
+        // writer stops: its last sweep is a ledger command like any request's.
+        let approval_sweeper = tokio::spawn(sweeper::run(state.clone(), stop.clone()));
+
         // Policy reload triggers: file changes (when configured) and SIGHUP. They stop with
         // the connections; a reload in progress finishes first (it holds the reload lock).
         let mut reloaders = Vec::new();
@@ -221,6 +228,9 @@ impl Gateway {
         }
         for reloader in reloaders {
             let _ = reloader.await;
+        }
+        if let Err(error) = approval_sweeper.await {
+            tracing::error!(error = %error, "approval sweeper task failed");
         }
         if let Err(error) = state.store.stop_writer().await {
             tracing::error!(error = %error, "ledger writer did not shut down cleanly");

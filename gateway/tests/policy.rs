@@ -56,7 +56,7 @@ impl Corpus {
 
 fn generated_input(corpus: &mut Corpus) -> Value {
     let currency = *corpus.pick(&["EUR", "USD", "GBP", "JPY", "CHF", "SEK"]);
-    let amounts: [i64; 8] = [
+    let amounts: [i64; 11] = [
         1,
         99_999_999,
         100_000_000,
@@ -65,6 +65,9 @@ fn generated_input(corpus: &mut Corpus) -> Value {
         500_000_000,
         1_000_000,
         1_000_001,
+        200_000_000,
+        1_000_000_001,
+        5_000_000_001,
     ];
     let amount_minor = *corpus.pick(&amounts);
     let accounts = [
@@ -77,8 +80,9 @@ fn generated_input(corpus: &mut Corpus) -> Value {
     let debit = *corpus.pick(&accounts);
     let credit = *corpus.pick(&accounts);
     let account = |corpus: &mut Corpus, id: &str| {
-        let balance_minor = *corpus.pick(&[0_i64, 50, 100_000_000, 900_000_000]);
+        let balance_minor = *corpus.pick(&[0_i64, 50, 100_000_000, 900_000_000, 9_000_000_000]);
         let debited_today_minor = *corpus.pick(&[0_i64, 400_000_000, 499_999_999]);
+        let reserved_minor = *corpus.pick(&[0_i64, 0, 50, 200_000_000]);
         json!({
             "id": id,
             "status": *corpus.pick(&["active", "active", "active", "frozen", "closed"]),
@@ -88,6 +92,10 @@ fn generated_input(corpus: &mut Corpus) -> Value {
             "balance_minor": balance_minor,
             "debited_today": debited_today_minor.to_string(),
             "debited_today_minor": debited_today_minor,
+            "reserved": reserved_minor.to_string(),
+            "reserved_minor": reserved_minor,
+            "available": (balance_minor - reserved_minor).to_string(),
+            "available_minor": balance_minor - reserved_minor,
         })
     };
     let roles: &[&[&str]] = &[
@@ -141,6 +149,7 @@ fn vm_and_interpreter_agree_on_a_generated_corpus() {
     );
     let mut corpus = Corpus(0x0ddba11);
     let mut allowed = 0;
+    let mut held = 0;
     for case in 0..2_000 {
         let input = generated_input(&mut corpus);
         let vm = engine.evaluate(&input).expect("VM decides");
@@ -150,11 +159,14 @@ fn vm_and_interpreter_agree_on_a_generated_corpus() {
         assert_eq!(vm, interpreter, "case {case}: input {input}");
         if vm["allow"] == true {
             allowed += 1;
+            if vm["obligations"][0]["type"] == "require_approval" {
+                held += 1;
+            }
         }
     }
     assert!(
-        allowed > 20,
-        "corpus should contain allowed transfers, got {allowed}"
+        allowed > 20 && held > 5,
+        "corpus should contain allowed and held transfers, got {allowed} allowed, {held} held"
     );
     // Degenerate inputs still get a decision (deny), never an undefined result.
     for input in [
@@ -166,6 +178,71 @@ fn vm_and_interpreter_agree_on_a_generated_corpus() {
         assert_eq!(decision["allow"], false, "{input}");
         assert_eq!(engine.evaluate_interpreter(&input).unwrap(), decision);
     }
+}
+
+fn generated_approval_input(corpus: &mut Corpus) -> Value {
+    let fingerprints = ["aa".repeat(32), "bb".repeat(32), "cc".repeat(32)];
+    let approver = corpus.pick(&fingerprints).clone();
+    let initiator = corpus.pick(&fingerprints).clone();
+    let earlier = corpus.pick(&fingerprints).clone();
+    let roles: &[&[&str]] = &[&["approver"], &["teller"], &[], &["auditor", "approver"]];
+    let amount_minor =
+        *corpus.pick(&[100_000_001_i64, 2_000_000_000, 5_000_000_000, 5_000_000_001]);
+    let approvals = if corpus.next().is_multiple_of(2) {
+        json!([])
+    } else {
+        json!([{"fingerprint_sha256": earlier, "common_name": "x", "decision_id": "d", "at": "2026-11-26T11:00:00Z"}])
+    };
+    json!({
+        "action": *corpus.pick(&["approve", "approve", "reject", "delete"]),
+        "approver": {"fingerprint_sha256": approver, "common_name": "approver", "roles": *corpus.pick(roles)},
+        "initiator": {"fingerprint_sha256": initiator, "common_name": "teller"},
+        "transfer": {
+            "id": "t", "debit_account": "DE89370400440532013000",
+            "credit_account": "FR1420041010050500013M02606",
+            "amount": amount_minor.to_string(), "amount_minor": amount_minor,
+            "currency": *corpus.pick(&["EUR", "JPY", "SEK"]), "currency_minor_units": 2,
+            "end_to_end_id": null, "purpose": null, "remittance_info": null,
+        },
+        "approval": {
+            "id": "a", "status": *corpus.pick(&["pending", "pending", "posted", "expired"]),
+            "approvals_required": *corpus.pick(&[1, 2]), "approver_roles": ["approver"],
+            "approvals": approvals, "expires_at": "2026-11-27T12:00:00Z",
+            "initiation_decision_id": "d0",
+        },
+        "comment": *corpus.pick(&[json!(null), json!("ok"), json!(5)]),
+        "context": {
+            "time": "2026-11-26T12:00:00Z", "request_id": "r", "source_address": "127.0.0.1:1",
+            "audit": {"enabled": *corpus.pick(&[true, true, true, false])},
+        },
+    })
+}
+
+#[test]
+fn the_approval_decision_agrees_between_vm_and_interpreter() {
+    let engine =
+        PolicyEngine::compile(&bundle(), TRANSFER_DECISION, Duration::from_secs(5)).unwrap();
+    let approval = engine
+        .for_entrypoint("data.countersign.approval.decision")
+        .unwrap();
+    assert_eq!(approval.evaluator(), Evaluator::Vm);
+    let mut corpus = Corpus(0x5eed);
+    let mut allowed = 0;
+    for case in 0..2_000 {
+        let input = generated_approval_input(&mut corpus);
+        let vm = approval.evaluate(&input).expect("VM decides");
+        let interpreter = approval
+            .evaluate_interpreter(&input)
+            .expect("interpreter decides");
+        assert_eq!(vm, interpreter, "case {case}: input {input}");
+        if vm["allow"] == true {
+            allowed += 1;
+        }
+    }
+    assert!(
+        allowed > 20,
+        "corpus should contain allowed steps, got {allowed}"
+    );
 }
 
 #[test]

@@ -119,6 +119,16 @@ pub struct AccountState {
     pub account: Account,
     /// Sum of this account's debit entries on the current UTC business date, minor units.
     pub debited_today_minor: i64,
+    /// Sum of this account's pending (held for approval) debits, minor units; never negative.
+    pub reserved_minor: i64,
+}
+
+impl AccountState {
+    /// Balance minus reservations: what a new debit may use (without overdraft). i128 so it
+    /// cannot overflow.
+    pub fn available_minor(&self) -> i128 {
+        i128::from(self.account.balance_minor) - i128::from(self.reserved_minor)
+    }
 }
 
 /// Input of `create_account`; every field is already a valid domain value.

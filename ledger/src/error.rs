@@ -68,6 +68,9 @@ pub enum LedgerError {
     AccountExists(AccountId),
     #[error("a transfer with id {0} already exists")]
     TransferExists(uuid::Uuid),
+    /// No transfer with this id is or was held for approval.
+    #[error("no transfer {0} is held for approval")]
+    ApprovalNotFound(uuid::Uuid),
     /// The idempotency key was used before with a different request body.
     #[error("idempotency key was already used for a different request")]
     IdempotencyConflict { scope: String, key: String },

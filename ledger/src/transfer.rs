@@ -8,6 +8,7 @@ use time::{Date, OffsetDateTime};
 use uuid::Uuid;
 
 use crate::account::{AccountId, AccountState};
+use crate::approval::{ApprovalRequest, ApprovalRequirement};
 use crate::money::Amount;
 
 /// A posted transfer: one debit entry on `debit_account`, one credit entry on
@@ -74,6 +75,8 @@ pub struct IdempotencyClaim {
 pub enum IdempotencyOutcome {
     Posted,
     Denied,
+    /// Held for approval: `approval_id` is set.
+    Pending,
 }
 
 impl IdempotencyOutcome {
@@ -81,6 +84,7 @@ impl IdempotencyOutcome {
         match self {
             IdempotencyOutcome::Posted => "posted",
             IdempotencyOutcome::Denied => "denied",
+            IdempotencyOutcome::Pending => "pending",
         }
     }
 }
@@ -92,8 +96,10 @@ pub struct StoredIdempotency {
     pub key: String,
     pub request_hash: [u8; 32],
     pub outcome: IdempotencyOutcome,
-    /// Set when `outcome` is `Posted`; read the transfer with `SqliteStore::transfer`.
+    /// Set when `outcome` is `Posted`; read the transfer with `Store::transfer`.
     pub transfer_id: Option<Uuid>,
+    /// Set when `outcome` is `Pending`; read the request with `Store::approval_by_id`.
+    pub approval_id: Option<Uuid>,
     pub decision_id: Uuid,
     /// Empty when posted.
     pub reasons: Vec<Reason>,
@@ -113,12 +119,14 @@ pub struct DecisionContext {
 }
 
 /// The policy's answer. `decision_record` must be a `RecordKind::Decision` whose outcome is
-/// `Allow` exactly when `allow` is true; the ledger appends it to the audit trail whatever
-/// happens next.
+/// `Pending` when `approval` is set (then `allow` is true), else `Allow` exactly when `allow`
+/// is true; the ledger appends it to the audit trail whatever happens next.
 #[derive(Debug)]
 pub struct Verdict {
     pub allow: bool,
     pub reasons: Vec<Reason>,
+    /// Allowed subject to approval (the `require_approval` obligation): hold, don't post.
+    pub approval: Option<ApprovalRequirement>,
     pub decision_record: NewRecord,
 }
 
@@ -135,6 +143,8 @@ pub struct TransferCommand {
     pub purpose: Option<String>,
     pub remittance_info: Option<String>,
     pub initiator_fingerprint: String,
+    /// Shown to approvers; kept on the approval request if the transfer is held.
+    pub initiator_common_name: Option<String>,
     pub idempotency: IdempotencyClaim,
     pub decide: Decide,
 }
@@ -164,6 +174,12 @@ pub enum TransferOutcome {
     Denied {
         decision_id: Uuid,
         reasons: Vec<Reason>,
+    },
+    /// Allowed subject to approval: decision record, approval request (funds reserved),
+    /// reservation record and idempotency row committed; nothing posted yet.
+    Pending {
+        request: ApprovalRequest,
+        decision_id: Uuid,
     },
     /// The idempotency key was already used with the same request hash; nothing written.
     Replayed(StoredIdempotency),

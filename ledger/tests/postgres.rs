@@ -338,6 +338,7 @@ async fn two_replicas_on_one_database_never_double_post() {
                 denied_count += 1;
             }
             TransferOutcome::Replayed(stored) => panic!("fresh key replayed: {stored:?}"),
+            TransferOutcome::Pending { .. } => panic!("nothing here requires approval"),
         }
     }
     assert_eq!(posted_count + denied_count, TRANSFERS);
@@ -366,6 +367,7 @@ async fn two_replicas_on_one_database_never_double_post() {
                     replays += 1;
                     replayed_transfer = Some(stored.transfer_id);
                 }
+                Ok(TransferOutcome::Pending { .. }) => panic!("nothing here requires approval"),
                 Err(LedgerError::IdempotencyConflict { .. }) => conflicts += 1,
                 Err(other) => panic!("key {key_index}: {other:?}"),
             }

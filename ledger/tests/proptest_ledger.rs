@@ -138,6 +138,7 @@ async fn run(backend: Backend, scenario: Scenario) {
                 }
             }
             TransferOutcome::Replayed(_) => panic!("fresh keys never replay"),
+            TransferOutcome::Pending { .. } => panic!("nothing here requires approval"),
         }
     }
 

@@ -125,7 +125,7 @@ fn quickstart_curl_commands_work_as_printed_and_sigterm_flushes() {
 
     let (status, body) = run_curl(directory.path(), &commands[1]);
     assert_eq!(status, "403", "{body}");
-    assert!(body.contains("limit.single_transfer_exceeded"), "{body}");
+    assert!(body.contains("account.credit_not_active"), "{body}");
 
     let (status, body) = run_curl(directory.path(), &commands[2]);
     assert_eq!(status, "200", "{body}");

@@ -2,6 +2,7 @@
 //! and a fresh embedded store per test.
 #![forbid(unsafe_code)]
 
+mod approvals;
 mod audit_trail;
 mod binary;
 mod concurrency;

@@ -216,9 +216,11 @@ async fn reconcile(
     assert!(invariants.is_ok(), "ledger invariants: {invariants:?}");
 
     let records = chain(store).await;
+    let on_decisions_topic =
+        |kind: RecordKind| matches!(kind, RecordKind::Decision | RecordKind::Approval);
     let expected_decisions = records
         .iter()
-        .filter(|sealed| sealed.record.kind == RecordKind::Decision)
+        .filter(|sealed| on_decisions_topic(sealed.record.kind))
         .count();
     let expected_postings = records.len() - expected_decisions;
     let timeout = Duration::from_secs(60);
@@ -251,9 +253,10 @@ async fn reconcile(
             hex::encode(sealed.hash),
             "record {record_id}"
         );
-        let topic_is_right = match sealed.record.kind {
-            RecordKind::Decision => consumed_decisions.iter().any(|c| c.record_id == record_id),
-            RecordKind::Posting => consumed_postings.iter().any(|c| c.record_id == record_id),
+        let topic_is_right = if on_decisions_topic(sealed.record.kind) {
+            consumed_decisions.iter().any(|c| c.record_id == record_id)
+        } else {
+            consumed_postings.iter().any(|c| c.record_id == record_id)
         };
         assert!(topic_is_right, "record {record_id} is on the wrong topic");
     }
@@ -321,9 +324,46 @@ async fn kafka_and_postgres_hold_every_record_one_for_one() {
         assert!(status == 201 || status == 403, "{status} {body}");
         decided.push(body["decision_id"].as_str().unwrap().to_owned());
     }
+    // Held transfers (maker-checker): their reservation, approval step, posting and release
+    // records go to the stream like every other record.
+    const RICH: &str = "DE44500105175407324931";
+    app.open_account(RICH, "EUR", "5000000.00").await;
+    for (index, step) in ["approve", "reject"].into_iter().enumerate() {
+        let (status, body) = app
+            .post_transfer(
+                &format!("held-{index}"),
+                &transfer(RICH, &account(0), "2000000.00"),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+        decided.push(body["decision_id"].as_str().unwrap().to_owned());
+        let id = body["transfer"]["id"].as_str().unwrap();
+        let response = app
+            .client("approver")
+            .post(format!("{}/v1/transfers/{id}/{step}", app.base_url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{step}");
+        let body: Value = response.json().await.unwrap();
+        decided.push(body["decision_id"].as_str().unwrap().to_owned());
+    }
     let store = app.state.store.clone();
     let checked = reconcile(&store, &brokers, &topics, &decided).await;
     assert!(checked >= 120 + 100, "only {checked} records");
+    let kinds: HashSet<RecordKind> = chain(&store)
+        .await
+        .iter()
+        .map(|sealed| sealed.record.kind)
+        .collect();
+    for kind in [
+        RecordKind::Reservation,
+        RecordKind::Approval,
+        RecordKind::Posting,
+        RecordKind::Release,
+    ] {
+        assert!(kinds.contains(&kind), "no {kind:?} record was streamed");
+    }
     let consumed = read_all_records(&brokers, &topics.0, 1, Duration::from_secs(30)).await;
     assert_per_key_order(&consumed);
     app.stop().await;

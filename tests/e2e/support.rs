@@ -43,6 +43,8 @@ pub struct TestPki {
     pub foreign: IssuedCertificate,
     /// A certificate with no role mapping (OU "visitor").
     pub roleless: IssuedCertificate,
+    /// The CA the gateway trusts, kept so a test can issue more clients (`issue`).
+    ca: CertificateAuthority,
 }
 
 impl TestPki {
@@ -90,7 +92,16 @@ impl TestPki {
             roleless: ca
                 .issue_client(&ClientSpec::for_role("visitor-client", "visitor"))
                 .unwrap(),
+            ca,
         }
+    }
+
+    /// Another valid client of the trusted CA: common name `common_name`, OU `role` (the
+    /// default role mapping turns the OU into the role), e.g. a second approver.
+    pub fn issue(&self, common_name: &str, role: &str) -> IssuedCertificate {
+        self.ca
+            .issue_client(&ClientSpec::for_role(common_name, role))
+            .unwrap()
     }
 }
 
@@ -129,6 +140,8 @@ pub fn test_config(directory: &Path, bundle: PathBuf) -> Config {
             decision_log: Some(directory.join("decision-log.jsonl")),
         },
         kafka: None,
+        // Defaults (a day to approve); maker-checker tests shorten the timeout.
+        approvals: Default::default(),
         limits: Limits::default(),
         log: LogConfig::default(),
         role_mapping: countersign::config::default_role_mapping(),

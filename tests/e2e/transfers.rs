@@ -38,7 +38,7 @@ async fn allowed_transfer_moves_balances_and_is_audited() {
 
     // The transfer reads back the same, and the account shows the balance as a decimal.
     let id = body["transfer"]["id"].as_str().unwrap();
-    let shown: Value = app
+    let mut shown: Value = app
         .client("teller")
         .get(format!("{}/v1/transfers/{id}", app.base_url))
         .send()
@@ -47,6 +47,9 @@ async fn allowed_transfer_moves_balances_and_is_audited() {
         .json()
         .await
         .unwrap();
+    // Straight through: it was never held for approval.
+    assert_eq!(shown["approval"], Value::Null);
+    shown.as_object_mut().unwrap().remove("approval");
     assert_eq!(shown, body["transfer"]);
     let account: Value = app
         .client("channel")
@@ -65,13 +68,15 @@ async fn allowed_transfer_moves_balances_and_is_audited() {
 async fn denied_transfer_changes_nothing_and_is_audited() {
     let app = funded_app().await;
     let records_before = app.audit_count().await;
+    // Above the single-transfer limit it would be held for approval, but Alice's
+    // 2,500,000.00 do not cover it: refused outright (a denial wins over the obligation).
     let (status, body) = app
-        .post_transfer("t-over", &transfer(ALICE, BOB, "1000000.01"))
+        .post_transfer("t-over", &transfer(ALICE, BOB, "2500000.01"))
         .await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["code"], "policy.denied");
     assert!(body["decision_id"].is_string());
-    assert_eq!(reason_codes(&body), vec!["limit.single_transfer_exceeded"]);
+    assert_eq!(reason_codes(&body), vec!["funds.insufficient"]);
     assert_eq!(app.balance_minor(ALICE).await, 250_000_000);
     assert_eq!(app.balance_minor(BOB).await, 10_000);
     // The denial is a decision record, with no posting.
@@ -155,11 +160,11 @@ async fn idempotent_retry_posts_once_and_returns_the_identical_response() {
 
     // A denial is replayed too.
     let (status, denied) = app
-        .post_transfer("retry-2", &transfer(ALICE, BOB, "2000000.00"))
+        .post_transfer("retry-2", &transfer(ALICE, BOB, "2500000.01"))
         .await;
     assert_eq!(status, 403);
     let (status, replayed) = app
-        .post_transfer("retry-2", &transfer(ALICE, BOB, "2000000.00"))
+        .post_transfer("retry-2", &transfer(ALICE, BOB, "2500000.01"))
         .await;
     assert_eq!(status, 403);
     assert_eq!(denied, replayed);
@@ -258,7 +263,7 @@ async fn health_readiness_and_metrics() {
         .await;
     assert_eq!(status, 201);
     let (status, _) = app
-        .post_transfer("m-2", &transfer(ALICE, BOB, "1000000.01"))
+        .post_transfer("m-2", &transfer(ALICE, BOB, "2500000.01"))
         .await;
     assert_eq!(status, 403);
     let text = client
@@ -272,7 +277,7 @@ async fn health_readiness_and_metrics() {
     for expected in [
         "countersign_decisions_total{action=\"transfer.create\",outcome=\"allow\"} 1",
         "countersign_decisions_total{action=\"transfer.create\",outcome=\"deny\"} 1",
-        "countersign_decision_reasons_total{reason=\"limit.single_transfer_exceeded\"} 1",
+        "countersign_decision_reasons_total{reason=\"funds.insufficient\"} 1",
         "route=\"/v1/transfers\",method=\"POST\",status=\"201\"}",
         "countersign_ledger_commit_duration_seconds_count 2",
         "countersign_audit_backlog_records",

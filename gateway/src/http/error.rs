@@ -193,6 +193,10 @@ impl From<LedgerError> for ApiError {
                     countersign_audit::mask_account_number(&id.to_string())
                 ),
             },
+            LedgerError::ApprovalNotFound(_) => ApiError::NotFound {
+                code: "transfer.not_found",
+                message: "no transfer with this id is held for approval".into(),
+            },
             LedgerError::AccountExists(id) => ApiError::Conflict {
                 code: "account.exists",
                 message: format!("account {id} already exists"),
@@ -216,6 +220,13 @@ impl From<LedgerError> for ApiError {
                 code: "ledger.shutting_down",
                 message: "the gateway is shutting down".into(),
             },
+            // A bug on our side (a decision callback or a stored row that breaks its own
+            // contract), not an outage: retrying will not help.
+            error @ (LedgerError::DecisionFailed(_) | LedgerError::CorruptRow(_)) => {
+                ApiError::Internal {
+                    message: format!("nothing was written: {error}"),
+                }
+            }
             other => ApiError::Unavailable {
                 code: "store.unavailable",
                 message: format!(

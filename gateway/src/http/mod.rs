@@ -2,6 +2,7 @@
 
 pub mod accounts;
 pub mod admin;
+pub mod approvals;
 pub mod error;
 pub mod opa;
 pub mod ops;

@@ -20,6 +20,8 @@ pub use testing::{TestOutcome, run_bundle_tests};
 
 /// The rule the gateway asks for each transfer.
 pub const TRANSFER_DECISION: &str = "data.countersign.transfer.decision";
+/// The rule the gateway asks for each approve/reject of a held transfer (maker-checker).
+pub const APPROVAL_DECISION: &str = "data.countersign.approval.decision";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {

@@ -39,7 +39,7 @@ use crate::{
     config::RouteConfig,
     http::{
         ApiError,
-        transfers::{Decided, decide_fail_closed, subject_of},
+        transfers::{Decided, Honours, decide_fail_closed, subject_of},
     },
     policy::{PolicyEngine, PolicyError},
 };
@@ -140,12 +140,14 @@ async fn decide_and_audit(
     // The engine active when the request started decides it, even if a reload swaps it
     // meanwhile; the sibling for the route's rule was compiled when that engine was built.
     let engine = state.policy.load_full();
+    // A route has nothing to honour an obligation with: a decision carrying one is refused.
     let Decided {
         allow,
         reasons,
         outcome,
         result,
-    } = decide_fail_closed(state, &route.action, "request", || {
+        ..
+    } = decide_fail_closed(state, &route.action, "request", Honours::Nothing, || {
         engine
             .for_entrypoint(&route.config.decision)
             .and_then(|decider| decider.evaluate(&input))

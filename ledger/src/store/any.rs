@@ -13,6 +13,7 @@ use uuid::Uuid;
 use super::postgres::{self, PgStore};
 use super::{InvariantReport, SqliteStore, StoreLimits, StoreOptions, WriterStats};
 use crate::account::{Account, AccountId, AccountState, AccountStatus, NewAccount};
+use crate::approval::{ApprovalCommand, ApprovalOutcome, ApprovalQuery, ApprovalRequest};
 use crate::error::LedgerError;
 use crate::transfer::{
     SeedTransfer, StoredIdempotency, Transfer, TransferCommand, TransferOutcome,
@@ -110,6 +111,43 @@ impl Store {
 
     pub async fn seed_transfer(&self, seed: SeedTransfer) -> Result<Transfer, LedgerError> {
         on_backend!(self, store => store.seed_transfer(seed).await)
+    }
+
+    /// Approves or rejects a held transfer: a policy decision on the locked request and fresh
+    /// balances, plus the ledger's own four-eyes rules (see [`crate::approval`]). Exactly one
+    /// outcome wins against concurrent approvals, rejections and expiry.
+    pub async fn submit_approval(
+        &self,
+        command: ApprovalCommand,
+    ) -> Result<ApprovalOutcome, LedgerError> {
+        on_backend!(self, store => store.submit_approval(command).await)
+    }
+
+    /// Expires up to `limit` held transfers whose time ran out (releasing their
+    /// reservations, one release record each); returns them. Safe on several replicas.
+    pub async fn expire_approvals(&self, limit: u32) -> Result<Vec<ApprovalRequest>, LedgerError> {
+        on_backend!(self, store => store.expire_approvals(limit).await)
+    }
+
+    /// The approval request of held transfer `transfer_id`, with its history.
+    pub async fn approval(
+        &self,
+        transfer_id: Uuid,
+    ) -> Result<Option<ApprovalRequest>, LedgerError> {
+        on_backend!(self, store => store.approval(transfer_id).await)
+    }
+
+    /// The approval request with approval id `id`, with its history.
+    pub async fn approval_by_id(&self, id: Uuid) -> Result<Option<ApprovalRequest>, LedgerError> {
+        on_backend!(self, store => store.approval_by_id(id).await)
+    }
+
+    /// Approval requests matching `query`, oldest first.
+    pub async fn approvals(
+        &self,
+        query: &ApprovalQuery,
+    ) -> Result<Vec<ApprovalRequest>, LedgerError> {
+        on_backend!(self, store => store.approvals(query).await)
     }
 
     /// Appends audit records that belong to no ledger write; durable when it returns.

@@ -185,5 +185,51 @@ pub(crate) async fn check(
             "transfer {id}: entries do not match its debit/credit"
         ));
     }
+
+    // Maker-checker. Reservations: without overdraft, balance minus pending debits held for
+    // approval is never negative.
+    let over_reserved = sqlx::query(
+        "SELECT a.id, a.balance_minor, r.reserved_minor FROM accounts a \
+         JOIN (SELECT debit_account, SUM(amount_minor) AS reserved_minor \
+               FROM approval_requests WHERE status = 'pending' GROUP BY debit_account) r \
+           ON r.debit_account = a.id \
+         WHERE a.overdraft_allowed = 0 AND a.balance_minor - r.reserved_minor < 0 \
+         ORDER BY a.id",
+    )
+    .fetch_all(&mut *connection)
+    .await?;
+    for row in &over_reserved {
+        let id: String = row.try_get("id")?;
+        let balance: i64 = row.try_get("balance_minor")?;
+        let reserved: i64 = row.try_get("reserved_minor")?;
+        report.violation(format!(
+            "account {}: balance {balance} is below its reservations {reserved} without overdraft",
+            masked(&id)
+        ));
+    }
+    // A held transfer is posted exactly when its request says so, four eyes held (no
+    // approver is the initiator), and a posted one had the approvals it needed.
+    let broken_requests = sqlx::query(
+        "SELECT r.transfer_id AS transfer_id, 'status and transfer row disagree' AS problem \
+         FROM approval_requests r LEFT JOIN transfers t ON t.id = r.transfer_id \
+         WHERE (r.status = 'posted') <> (t.id IS NOT NULL) \
+         UNION ALL \
+         SELECT r.transfer_id, 'acted on by its initiator' FROM approval_requests r \
+         JOIN approval_events e ON e.approval_id = r.id \
+         WHERE e.approver_fingerprint = r.initiator_fingerprint \
+         UNION ALL \
+         SELECT r.transfer_id, 'posted with too few approvals' FROM approval_requests r \
+         WHERE r.status = 'posted' AND r.approvals_required > \
+             (SELECT COUNT(*) FROM approval_events e \
+              WHERE e.approval_id = r.id AND e.action = 'approve') \
+         ORDER BY 1 LIMIT 100",
+    )
+    .fetch_all(&mut *connection)
+    .await?;
+    for row in &broken_requests {
+        let transfer_id: String = row.try_get("transfer_id")?;
+        let problem: String = row.try_get("problem")?;
+        report.violation(format!("held transfer {transfer_id}: {problem}"));
+    }
     Ok(report)
 }

@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::account::{Account, AccountId, AccountState, AccountStatus, NewAccount};
+use crate::approval::{ApprovalCommand, ApprovalOutcome, ApprovalQuery, ApprovalRequest};
 use crate::error::LedgerError;
 use crate::store::writer::{Command, Reply, Shared, Writer, enqueue};
 use crate::store::{
@@ -90,6 +91,7 @@ impl SqliteStore {
         sqlx::raw_sql(schema::LEDGER_SCHEMA)
             .execute(&mut connection)
             .await?;
+        schema::upgrade_idempotency(&mut connection).await?;
         countersign_audit::sqlite::migrate(&mut connection).await?;
 
         // Read-only: the single-writer rule is enforced by SQLite, not only by convention.
@@ -211,6 +213,51 @@ impl SqliteStore {
 
     pub async fn seed_transfer(&self, seed: SeedTransfer) -> Result<Transfer, LedgerError> {
         self.send(|reply| Command::Seed { seed, reply }).await
+    }
+
+    /// Approves or rejects a held transfer (see [`crate::approval`]).
+    pub async fn submit_approval(
+        &self,
+        command: ApprovalCommand,
+    ) -> Result<ApprovalOutcome, LedgerError> {
+        self.send(|reply| Command::Approval { command, reply })
+            .await
+    }
+
+    /// Expires up to `limit` held transfers whose time ran out; returns them.
+    pub async fn expire_approvals(&self, limit: u32) -> Result<Vec<ApprovalRequest>, LedgerError> {
+        self.send(|reply| Command::ExpireApprovals { limit, reply })
+            .await
+    }
+
+    /// The approval request of held transfer `transfer_id`, with its history.
+    pub async fn approval(
+        &self,
+        transfer_id: Uuid,
+    ) -> Result<Option<ApprovalRequest>, LedgerError> {
+        let mut snapshot = self.read_pool.begin().await?;
+        let request = rows::load_approval(&mut snapshot, transfer_id).await?;
+        snapshot.rollback().await?;
+        Ok(request)
+    }
+
+    /// The approval request with approval id `id`, with its history.
+    pub async fn approval_by_id(&self, id: Uuid) -> Result<Option<ApprovalRequest>, LedgerError> {
+        let mut snapshot = self.read_pool.begin().await?;
+        let request = rows::load_approval_by_id(&mut snapshot, id).await?;
+        snapshot.rollback().await?;
+        Ok(request)
+    }
+
+    /// Approval requests matching `query`, oldest first.
+    pub async fn approvals(
+        &self,
+        query: &ApprovalQuery,
+    ) -> Result<Vec<ApprovalRequest>, LedgerError> {
+        let mut snapshot = self.read_pool.begin().await?;
+        let requests = rows::list_approvals(&mut snapshot, query).await?;
+        snapshot.rollback().await?;
+        Ok(requests)
     }
 
     pub async fn append_audit(

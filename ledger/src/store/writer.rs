@@ -24,10 +24,16 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::account::{Account, AccountId, AccountStatus, NewAccount};
+use crate::approval::{
+    ApprovalCommand, ApprovalContext, ApprovalOutcome, ApprovalRequest, ApprovalStatus,
+};
 use crate::error::LedgerError;
 use crate::money::Currency;
 use crate::store::rows::{self, format_date, format_timestamp};
-use crate::store::rules::{Provenance, ledger_refusals, posting_record, run_decide};
+use crate::store::rules::{
+    ApprovalStep, Provenance, expire, ledger_refusals, plan_approval, posting_record,
+    reservation_record, run_approval_decide, run_decide,
+};
 use crate::transfer::{
     DecisionContext, IdempotencyClaim, IdempotencyOutcome, Reason, SeedTransfer, Transfer,
     TransferCommand, TransferOutcome, Verdict, reason_codes,
@@ -63,6 +69,16 @@ pub(crate) enum Command {
         status: AccountStatus,
         audit_record: NewRecord,
         reply: Reply<Account>,
+    },
+    /// An approve or reject of a held transfer.
+    Approval {
+        command: ApprovalCommand,
+        reply: Reply<ApprovalOutcome>,
+    },
+    /// Expires up to `limit` pending requests past their expiry; replies with them.
+    ExpireApprovals {
+        limit: u32,
+        reply: Reply<Vec<ApprovalRequest>>,
     },
 }
 
@@ -202,6 +218,8 @@ impl Command {
             Command::Seed { reply, .. } => pending(reply, Err(error)),
             Command::AppendAudit { reply, .. } => pending(reply, Err(error)),
             Command::SetAccountStatus { reply, .. } => pending(reply, Err(error)),
+            Command::Approval { reply, .. } => pending(reply, Err(error)),
+            Command::ExpireApprovals { reply, .. } => pending(reply, Err(error)),
         }
     }
 
@@ -255,6 +273,16 @@ impl Command {
                     effects,
                 )
                 .await;
+                let succeeded = result.is_ok();
+                (pending(reply, result), succeeded)
+            }
+            Command::Approval { command, reply } => {
+                let result = execute_approval(connection, command, shared, effects).await;
+                let succeeded = result.is_ok();
+                (pending(reply, result), succeeded)
+            }
+            Command::ExpireApprovals { limit, reply } => {
+                let result = execute_expire(connection, limit, shared, effects).await;
                 let succeeded = result.is_ok();
                 (pending(reply, result), succeeded)
             }
@@ -555,6 +583,7 @@ async fn execute_transfer(
         purpose,
         remittance_info,
         initiator_fingerprint,
+        initiator_common_name,
         idempotency,
         decide,
     } = command;
@@ -595,6 +624,7 @@ async fn execute_transfer(
     let Verdict {
         allow,
         reasons,
+        approval,
         decision_record,
     } = run_decide(decide, &context)?;
     let decision_id = decision_record.decision_id;
@@ -603,7 +633,8 @@ async fn execute_transfer(
     // (4) The decision is audited whatever happens next.
     append_audit(connection, vec![decision_record], shared, effects).await?;
 
-    // (5) The ledger keeps its own rules even when the policy allowed.
+    // (5) The ledger keeps its own rules even when the policy allowed: funds held for other
+    // transfers awaiting approval are not available.
     let outcome = if !allow {
         tracing::info!(%transfer_id, %decision_id, decision = "deny", "transfer denied by policy");
         TransferOutcome::Denied {
@@ -611,8 +642,44 @@ async fn execute_transfer(
             reasons,
         }
     } else {
-        let refusals = ledger_refusals(&context.debit.account, &context.credit.account, amount);
-        if refusals.is_empty() {
+        let refusals = ledger_refusals(
+            &context.debit.account,
+            &context.credit.account,
+            amount,
+            context.debit.reserved_minor,
+        );
+        if let (true, Some(requirement)) = (refusals.is_empty(), approval) {
+            // (5a) Held for approval: reserve, don't post.
+            let request = ApprovalRequest {
+                id: Uuid::now_v7(),
+                transfer_id,
+                debit_account,
+                credit_account,
+                amount,
+                end_to_end_id,
+                purpose,
+                remittance_info,
+                initiation_decision_id: decision_id,
+                initiator_fingerprint,
+                initiator_common_name,
+                approvals_required: requirement.approvals_required,
+                approver_roles: requirement.approver_roles,
+                status: ApprovalStatus::Pending,
+                created_at: now,
+                expires_at: rows::to_milliseconds(requirement.expires_at),
+                resolved_at: None,
+                resolution_decision_id: None,
+                events: Vec::new(),
+            };
+            rows::insert_approval_request(connection, &request).await?;
+            let record = reservation_record(&request, provenance, now);
+            append_audit(connection, vec![record], shared, effects).await?;
+            tracing::info!(%transfer_id, %decision_id, decision = "pending", "transfer held for approval");
+            TransferOutcome::Pending {
+                request,
+                decision_id,
+            }
+        } else if refusals.is_empty() {
             let transfer = Transfer {
                 id: transfer_id,
                 debit_account,
@@ -634,7 +701,7 @@ async fn execute_transfer(
                 effects,
             )
             .await?;
-            let record = posting_record(&transfer, provenance, now);
+            let record = posting_record(&transfer, provenance, None, now);
             append_audit(connection, vec![record], shared, effects).await?;
             tracing::info!(%transfer_id, %decision_id, decision = "allow", "transfer posted");
             TransferOutcome::Posted {
@@ -794,32 +861,50 @@ async fn insert_idempotency(
     outcome: &TransferOutcome,
     now: OffsetDateTime,
 ) -> Result<(), LedgerError> {
-    let (stored_outcome, transfer_id, decision_id, reasons) = match outcome {
+    let (stored_outcome, transfer_id, approval_id, decision_id, reasons) = match outcome {
         TransferOutcome::Posted {
             transfer,
             decision_id,
         } => (
             IdempotencyOutcome::Posted,
             Some(transfer.id.to_string()),
+            None,
+            decision_id,
+            &[][..],
+        ),
+        TransferOutcome::Pending {
+            request,
+            decision_id,
+        } => (
+            IdempotencyOutcome::Pending,
+            None,
+            Some(request.id.to_string()),
             decision_id,
             &[][..],
         ),
         TransferOutcome::Denied {
             decision_id,
             reasons,
-        } => (IdempotencyOutcome::Denied, None, decision_id, &reasons[..]),
+        } => (
+            IdempotencyOutcome::Denied,
+            None,
+            None,
+            decision_id,
+            &reasons[..],
+        ),
         TransferOutcome::Replayed(_) => unreachable!("a replay writes nothing"),
     };
     let reasons_json = serde_json::to_string(reasons).expect("reasons serialise to JSON");
     sqlx::query(
-        "INSERT INTO idempotency (scope, key, request_hash, outcome, transfer_id, decision_id, \
-         reasons_json, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO idempotency (scope, key, request_hash, outcome, transfer_id, approval_id, \
+         decision_id, reasons_json, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&claim.scope)
     .bind(&claim.key)
     .bind(&claim.request_hash[..])
     .bind(stored_outcome.as_str())
     .bind(transfer_id)
+    .bind(approval_id)
     .bind(decision_id.to_string())
     .bind(reasons_json)
     .bind(format_timestamp(now))
@@ -911,7 +996,8 @@ async fn execute_seed(
     let credit = rows::load_account(connection, &seed.credit_account)
         .await?
         .ok_or_else(|| LedgerError::AccountNotFound(seed.credit_account.clone()))?;
-    if let Some(refusal) = ledger_refusals(&debit, &credit, seed.amount).first() {
+    let reserved_minor = rows::reserved_minor(connection, &seed.debit_account).await?;
+    if let Some(refusal) = ledger_refusals(&debit, &credit, seed.amount, reserved_minor).first() {
         return Err(LedgerError::Refused {
             reason_code: refusal.code,
         });
@@ -960,8 +1046,106 @@ async fn execute_seed(
         posted_at: now,
     };
     post(connection, &transfer, &debit, &credit, effects).await?;
-    let record = posting_record(&transfer, provenance, now);
+    let record = posting_record(&transfer, provenance, None, now);
     append_audit(connection, vec![record], shared, effects).await?;
     tracing::info!(transfer_id = %transfer.id, %decision_id, "seed transfer posted");
     Ok(transfer)
+}
+
+/// An approve or reject: the policy decides on the locked request and fresh balances; the
+/// shared plan (`rules::plan_approval`) says what changes.
+async fn execute_approval(
+    connection: &mut SqliteConnection,
+    command: ApprovalCommand,
+    shared: &Shared,
+    effects: &mut CommandEffects,
+) -> Result<ApprovalOutcome, LedgerError> {
+    let ApprovalCommand {
+        transfer_id,
+        debit_account,
+        credit_account,
+        action,
+        approver_fingerprint,
+        approver_common_name,
+        comment,
+        decide,
+    } = command;
+    let mut request = rows::load_approval(connection, transfer_id)
+        .await?
+        .ok_or(LedgerError::ApprovalNotFound(transfer_id))?;
+    if request.debit_account != debit_account || request.credit_account != credit_account {
+        return Err(LedgerError::DecisionFailed(
+            "the approval command names other accounts than the held transfer".to_owned(),
+        ));
+    }
+    let now = OffsetDateTime::now_utc();
+    if request.status == ApprovalStatus::Pending && request.is_expired_at(now) {
+        // Expired before the sweeper got to it: expire it here, in this transaction, so an
+        // approval can never win against a timeout that already passed.
+        let record = expire(&mut request, now);
+        rows::resolve_approval(connection, &request).await?;
+        append_audit(connection, vec![record], shared, effects).await?;
+    }
+    let business_date = now.date();
+    let debit = rows::load_account_state(connection, &debit_account, business_date)
+        .await?
+        .ok_or_else(|| LedgerError::AccountNotFound(debit_account.clone()))?;
+    let credit = rows::load_account_state(connection, &credit_account, business_date)
+        .await?
+        .ok_or_else(|| LedgerError::AccountNotFound(credit_account.clone()))?;
+    let (debit_row, credit_row) = (debit.account.clone(), credit.account.clone());
+    let context = ApprovalContext {
+        request,
+        debit,
+        credit,
+        audit_writable: shared.audit_writable.load(Ordering::Acquire),
+        now,
+    };
+    let verdict = run_approval_decide(decide, &context)?;
+    let plan = plan_approval(
+        ApprovalStep {
+            action,
+            approver_fingerprint,
+            approver_common_name,
+            comment,
+        },
+        context,
+        verdict,
+    );
+    let request = match &plan.outcome {
+        ApprovalOutcome::Accepted { request, .. } | ApprovalOutcome::Denied { request, .. } => {
+            request
+        }
+    };
+    if let Some(event) = &plan.event {
+        rows::insert_approval_event(connection, request.id, event).await?;
+    }
+    if plan.resolution.is_some() {
+        rows::resolve_approval(connection, request).await?;
+    }
+    if let Some(transfer) = &plan.posting {
+        post(connection, transfer, &debit_row, &credit_row, effects).await?;
+    }
+    append_audit(connection, plan.records, shared, effects).await?;
+    Ok(plan.outcome)
+}
+
+async fn execute_expire(
+    connection: &mut SqliteConnection,
+    limit: u32,
+    shared: &Shared,
+    effects: &mut CommandEffects,
+) -> Result<Vec<ApprovalRequest>, LedgerError> {
+    let now = OffsetDateTime::now_utc();
+    let mut due = rows::due_approvals(connection, now, limit).await?;
+    let mut records = Vec::with_capacity(due.len());
+    for request in &mut due {
+        records.push(expire(request, now));
+        rows::resolve_approval(connection, request).await?;
+    }
+    if !records.is_empty() {
+        append_audit(connection, records, shared, effects).await?;
+        tracing::info!(expired = due.len(), "held transfers expired");
+    }
+    Ok(due)
 }

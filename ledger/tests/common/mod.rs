@@ -243,6 +243,7 @@ pub fn allow(_: &DecisionContext) -> Verdict {
     Verdict {
         allow: true,
         reasons: Vec::new(),
+        approval: None,
         decision_record: decision_record("transfer.create", Outcome::Allow),
     }
 }
@@ -251,6 +252,7 @@ pub fn deny(_: &DecisionContext) -> Verdict {
     Verdict {
         allow: false,
         reasons: vec![Reason::new("limits.daily_exceeded", "daily limit exceeded")],
+        approval: None,
         decision_record: decision_record("transfer.create", Outcome::Deny),
     }
 }
@@ -318,6 +320,7 @@ pub fn transfer_command(
         purpose: Some("SALA".to_owned()),
         remittance_info: None,
         initiator_fingerprint: "ab".repeat(32),
+        initiator_common_name: Some("teller-1".to_owned()),
         idempotency: IdempotencyClaim {
             scope: "client-ab".to_owned(),
             key,

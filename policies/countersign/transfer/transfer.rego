@@ -2,8 +2,12 @@
 #
 # Entry point: data.countersign.transfer.decision
 #
-# The decision is always defined: {"allow": bool, "reasons": [...], "obligations": []}.
+# The decision is always defined: {"allow": bool, "reasons": [...], "obligations": [...]}.
 # allow is true iff no deny reason applies. Reasons are sorted by code, then message.
+# obligations is [] except for an allowed transfer above the single-transfer limit that an
+# approval tier covers (maker-checker): then it holds one require_approval obligation and
+# the gateway holds the transfer, funds reserved, until enough approvers agree (see
+# policies/README.md). Deny wins: a denied transfer never carries an obligation.
 #
 # House rules (this file must give identical answers in OPA, the regorus
 # interpreter and the regorus RVM, and must fail closed in all three):
@@ -29,7 +33,15 @@ package countersign.transfer
 decision := {
 	"allow": count(reasons) == 0,
 	"reasons": reasons,
-	"obligations": [],
+	"obligations": obligations,
+}
+
+default obligations := []
+
+obligations := [obligation] if {
+	count(reasons) == 0
+	obligation := approval_obligation
+	is_object(obligation)
 }
 
 reason_codes := sort({r.code | some r in deny_reasons})
@@ -120,7 +132,7 @@ account_is_object(side) if is_object(input.accounts[side])
 input_problems contains msg if {
 	some side in ["debit", "credit"]
 	account_is_object(side)
-	some field in ["id", "status", "currency", "balance", "debited_today"]
+	some field in ["id", "status", "currency", "balance", "debited_today", "reserved", "available"]
 	not account_text_present(side, field)
 	msg := sprintf("accounts.%s.%s must be a non-empty string", [side, field])
 }
@@ -153,6 +165,38 @@ input_problems contains msg if {
 }
 
 debited_today_minor_valid(side) if is_nonnegative_int(input.accounts[side].debited_today_minor)
+
+input_problems contains msg if {
+	some side in ["debit", "credit"]
+	account_is_object(side)
+	not reserved_minor_valid(side)
+	msg := sprintf("accounts.%s.reserved_minor must be a non-negative integer", [side])
+}
+
+reserved_minor_valid(side) if is_nonnegative_int(input.accounts[side].reserved_minor)
+
+input_problems contains msg if {
+	some side in ["debit", "credit"]
+	account_is_object(side)
+	not available_minor_valid(side)
+	msg := sprintf("accounts.%s.available_minor must be an integer", [side])
+}
+
+available_minor_valid(side) if is_int(input.accounts[side].available_minor)
+
+# Funds are checked against available_minor alone, so it must be what the ledger says:
+# the balance less the debits reserved by transfers awaiting approval.
+input_problems contains msg if {
+	some side in ["debit", "credit"]
+	balance := input.accounts[side].balance_minor
+	is_int(balance)
+	reserved := input.accounts[side].reserved_minor
+	is_nonnegative_int(reserved)
+	available := input.accounts[side].available_minor
+	is_int(available)
+	available != balance - reserved
+	msg := sprintf("accounts.%s.available_minor must equal balance_minor - reserved_minor", [side])
+}
 
 # The account state must belong to the accounts named in the transfer.
 input_problems contains msg if {
@@ -239,7 +283,10 @@ deny_reasons contains {"code": "limit.not_configured", "message": msg} if {
 	msg := sprintf("no daily debit limit is configured for currency %s", [currency])
 }
 
+# Above the single-transfer limit a transfer is refused unless an approval tier covers it;
+# then it is allowed with a require_approval obligation instead (see "Approval" below).
 deny_reasons contains {"code": "limit.single_transfer_exceeded", "message": msg} if {
+	not approval_required
 	amount := transfer_amount_minor
 	is_number(amount)
 	limit := single_limit
@@ -248,7 +295,11 @@ deny_reasons contains {"code": "limit.single_transfer_exceeded", "message": msg}
 	msg := sprintf("transfer amount %s exceeds the single-transfer limit of %s", [money(amount), money(limit)])
 }
 
+# A transfer that needs approval is exempt: its approvers, each within their own approval
+# limit, decide on it instead. Its amount is reserved (reserved_minor), not debited, until
+# it is posted, so it counts towards debited_today_minor only from then on.
 deny_reasons contains {"code": "limit.daily_exceeded", "message": msg} if {
+	not approval_required
 	amount := transfer_amount_minor
 	is_number(amount)
 	already := debit_debited_today_minor
@@ -297,20 +348,151 @@ deny_reasons contains {"code": "account.credit_not_active", "message": msg} if {
 
 account_active(side) if input.accounts[side].status == "active"
 
+# Available, not balance: debits reserved by transfers awaiting approval are spoken for.
 deny_reasons contains {"code": "funds.insufficient", "message": msg} if {
 	not debit_overdraft_allowed
-	balance := debit_balance_minor
-	is_number(balance)
+	available := debit_available_minor
+	is_number(available)
 	amount := transfer_amount_minor
 	is_number(amount)
-	balance < amount
+	available < amount
 	msg := sprintf(
-		"%s has a balance of %s, less than the transfer amount of %s, and no overdraft",
-		[account_label("debit"), money(balance), money(amount)],
+		"%s has an available balance of %s%s, less than the transfer amount of %s, and no overdraft",
+		[account_label("debit"), money(available), reserved_note, money(amount)],
 	)
 }
 
 debit_overdraft_allowed if input.accounts.debit.overdraft_allowed == true
+
+default reserved_note := ""
+
+reserved_note := note if {
+	reserved := debit_reserved_minor
+	is_number(reserved)
+	reserved > 0
+	balance := debit_balance_minor
+	is_number(balance)
+	note := sprintf(
+		" (balance %s, of which %s reserved for transfers awaiting approval)",
+		[money(balance), money(reserved)],
+	)
+}
+
+# ---------------------------------------------------------------------------
+# Approval (maker-checker)
+# ---------------------------------------------------------------------------
+
+# A transfer above the single-transfer limit needs approval when the currency has a
+# well-formed list of approval tiers and at least one tier lies below the amount; it needs
+# the largest `approvals` of those tiers. Anything else about the approval configuration
+# (no tiers for the currency, a malformed tier, no approver role) leaves no approval path,
+# and the single-transfer limit denies as before: a broken configuration never allows.
+approval_obligation := {
+	"type": "require_approval",
+	"approvals_required": approvals,
+	"approver_roles": roles,
+	"reason": reason,
+} if {
+	amount := transfer_amount_minor
+	is_number(amount)
+	limit := single_limit
+	is_number(limit)
+	amount > limit
+	approvals := approvals_required
+	is_positive_int(approvals)
+	roles := approver_roles
+	is_array(roles)
+	count(roles) > 0
+	reason := sprintf(
+		"transfer amount %s exceeds the single-transfer limit of %s: %s required",
+		[money(amount), money(limit), approvals_text(approvals)],
+	)
+}
+
+# True exactly when the obligation can be built, so that lifting the single-transfer and
+# daily limits and issuing the obligation can never disagree.
+approval_required if is_object(approval_obligation)
+
+approvals_required := max(tier_approvals) if count(tier_approvals) > 0
+
+tier_approvals contains approvals if {
+	amount := transfer_amount_minor
+	is_number(amount)
+	tiers := approval_tiers
+	is_array(tiers)
+	some tier in tiers
+	tier.above_minor < amount
+	approvals := tier.approvals
+	is_positive_int(approvals)
+}
+
+# Only a list whose every tier is well formed counts: skipping one bad tier could lower
+# the number of approvals a large amount needs.
+approval_tiers := tiers if {
+	currency := transfer_currency
+	is_string(currency)
+	tiers := data.countersign.config.approval.tiers_minor[currency]
+	is_array(tiers)
+	count(tiers) > 0
+	every tier in tiers {
+		approval_tier_valid(tier)
+	}
+}
+
+approval_tier_valid(tier) if {
+	is_object(tier)
+	is_nonnegative_int(tier.above_minor)
+	is_positive_int(tier.approvals)
+}
+
+# Every role a non-empty string: the gateway refuses an obligation naming an empty role.
+approver_roles := sort({role | some role in roles}) if {
+	roles := data.countersign.config.approval.approver_roles
+	is_array(roles)
+	every role in roles {
+		is_nonempty_string(role)
+	}
+}
+
+# What no approver could ever approve is refused at initiation: held, it would only reserve
+# the funds until it expired. The ceiling is the largest approval limit of the roles the
+# obligation names (an approver's own limit is checked again by the approval policy).
+deny_reasons contains {"code": "limit.approval_ceiling_exceeded", "message": msg} if {
+	approval_required
+	amount := transfer_amount_minor
+	is_number(amount)
+	ceiling := approval_ceiling
+	is_number(ceiling)
+	amount > ceiling
+	msg := sprintf(
+		"transfer amount %s exceeds the largest approval limit of %s: no approver may approve it",
+		[money(amount), money(ceiling)],
+	)
+}
+
+deny_reasons contains {"code": "limit.approval_ceiling_exceeded", "message": msg} if {
+	approval_required
+	not approval_ceiling_configured
+	msg := sprintf("no approval limit is configured for currency %s: no approver may approve it", [currency_label])
+}
+
+approval_ceiling := max(approval_limits) if count(approval_limits) > 0
+
+approval_ceiling_configured if is_number(approval_ceiling)
+
+approval_limits contains limit if {
+	currency := transfer_currency
+	is_string(currency)
+	roles := approver_roles
+	is_array(roles)
+	some role in roles
+	limit := data.countersign.config.approval.approver_limits_minor[role][currency]
+	is_nonnegative_int(limit)
+}
+
+approvals_text(n) := "1 approval" if n == 1
+
+approvals_text(n) := sprintf("%d approvals", [n]) if n > 1
 
 # ---------------------------------------------------------------------------
 # Sanctions
@@ -381,6 +563,16 @@ transfer_minor_units := v if {
 
 debit_balance_minor := v if {
 	v := input.accounts.debit.balance_minor
+	is_int(v)
+}
+
+debit_reserved_minor := v if {
+	v := input.accounts.debit.reserved_minor
+	is_nonnegative_int(v)
+}
+
+debit_available_minor := v if {
+	v := input.accounts.debit.available_minor
 	is_int(v)
 }
 

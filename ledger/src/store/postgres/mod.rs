@@ -35,6 +35,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::account::{Account, AccountId, AccountState, AccountStatus, NewAccount};
+use crate::approval::{ApprovalCommand, ApprovalOutcome, ApprovalQuery, ApprovalRequest};
 use crate::error::LedgerError;
 use crate::store::writer::{Command, Reply, Shared, enqueue};
 use crate::store::{InvariantReport, OutboxFullPolicy, StoreLimits, StoreOptions, WriterStats};
@@ -339,6 +340,60 @@ impl PgStore {
 
     pub async fn seed_transfer(&self, seed: SeedTransfer) -> Result<Transfer, LedgerError> {
         self.send(|reply| Command::Seed { seed, reply }).await
+    }
+
+    /// Approves or rejects a held transfer; refused like transfers while the outbox is full.
+    pub async fn submit_approval(
+        &self,
+        command: ApprovalCommand,
+    ) -> Result<ApprovalOutcome, LedgerError> {
+        self.outbox.check(&self.pool).await?;
+        self.send(|reply| Command::Approval { command, reply })
+            .await
+    }
+
+    /// Expires up to `limit` held transfers whose time ran out. Runs even while the outbox is
+    /// full: releasing a reservation must not wait for Kafka.
+    pub async fn expire_approvals(&self, limit: u32) -> Result<Vec<ApprovalRequest>, LedgerError> {
+        self.send(|reply| Command::ExpireApprovals { limit, reply })
+            .await
+    }
+
+    /// The approval request of held transfer `transfer_id`, with its history (one snapshot).
+    pub async fn approval(
+        &self,
+        transfer_id: Uuid,
+    ) -> Result<Option<ApprovalRequest>, LedgerError> {
+        let mut snapshot = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await?;
+        let request = rows::load_approval(&mut snapshot, transfer_id, false).await?;
+        snapshot.rollback().await?;
+        Ok(request)
+    }
+
+    pub async fn approval_by_id(&self, id: Uuid) -> Result<Option<ApprovalRequest>, LedgerError> {
+        let mut snapshot = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await?;
+        let request = rows::load_approval_by_id(&mut snapshot, id).await?;
+        snapshot.rollback().await?;
+        Ok(request)
+    }
+
+    pub async fn approvals(
+        &self,
+        query: &ApprovalQuery,
+    ) -> Result<Vec<ApprovalRequest>, LedgerError> {
+        let mut snapshot = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await?;
+        let requests = rows::list_approvals(&mut snapshot, query).await?;
+        snapshot.rollback().await?;
+        Ok(requests)
     }
 
     /// Appends audit records that belong to no ledger write; durable (not yet sealed) when it

@@ -18,6 +18,12 @@
 //! then fails with a unique violation; its savepoint (decision record included) is rolled
 //! back and it answers with the stored row (replay, or conflict if the request differs).
 //!
+//! Held transfers (maker-checker): an approve/reject names its request's accounts, which are
+//! locked at batch start like a transfer's, then locks the request row (`FOR UPDATE`); a
+//! concurrent step on another replica waits and then sees the outcome. Expiry locks only the
+//! due requests (`FOR UPDATE SKIP LOCKED`, no account locks: releasing a reservation only
+//! makes funds available), so it never waits in a lock cycle with a batch.
+//!
 //! `batch_commands_max = 1` gives one transaction per transfer.
 
 use std::collections::BTreeMap;
@@ -35,9 +41,15 @@ use uuid::Uuid;
 
 use super::rows::{self, to_microseconds};
 use crate::account::{Account, AccountId, AccountStatus, NewAccount};
+use crate::approval::{
+    ApprovalCommand, ApprovalContext, ApprovalOutcome, ApprovalRequest, ApprovalStatus,
+};
 use crate::error::LedgerError;
 use crate::money::Currency;
-use crate::store::rules::{Provenance, ledger_refusals, posting_record, run_decide};
+use crate::store::rules::{
+    ApprovalStep, Provenance, expire, ledger_refusals, plan_approval, posting_record,
+    reservation_record, run_approval_decide, run_decide,
+};
 use crate::store::writer::{
     Command, CommandQueue, NO_POLICY_BUNDLE, Reply, SYSTEM_SUBJECT, Shared,
 };
@@ -99,6 +111,8 @@ fn into_failed(command: Command, error: LedgerError) -> Box<dyn Deliver> {
         Command::Seed { reply, .. } => pending(reply, Err(error)),
         Command::AppendAudit { reply, .. } => pending(reply, Err(error)),
         Command::SetAccountStatus { reply, .. } => pending(reply, Err(error)),
+        Command::Approval { reply, .. } => pending(reply, Err(error)),
+        Command::ExpireApprovals { reply, .. } => pending(reply, Err(error)),
     }
 }
 
@@ -115,7 +129,15 @@ fn touched_accounts(command: &Command, into: &mut Vec<String>) {
         }
         Command::CreateAccount { account, .. } => into.push(account.id.as_str().to_owned()),
         Command::SetAccountStatus { account, .. } => into.push(account.as_str().to_owned()),
-        Command::AppendAudit { .. } => {}
+        // The request's accounts as the caller read them (immutable; the writer checks them
+        // against the locked request): an approval may post.
+        Command::Approval { command, .. } => {
+            into.push(command.debit_account.as_str().to_owned());
+            into.push(command.credit_account.as_str().to_owned());
+        }
+        // Expiry only releases reservations (makes more funds available), so it needs no
+        // account lock: it locks the requests alone, skipping ones another replica holds.
+        Command::AppendAudit { .. } | Command::ExpireApprovals { .. } => {}
     }
 }
 
@@ -690,6 +712,14 @@ async fn execute(
             .await;
             done(reply, result)
         }
+        Command::Approval { command, reply } => {
+            let result = execute_approval(connection, command, context, effects).await;
+            done(reply, result)
+        }
+        Command::ExpireApprovals { limit, reply } => {
+            let result = execute_expire(connection, limit, context, effects).await;
+            done(reply, result)
+        }
     }
 }
 
@@ -734,6 +764,7 @@ async fn execute_transfer(
         purpose,
         remittance_info,
         initiator_fingerprint,
+        initiator_common_name,
         idempotency,
         decide,
     } = command;
@@ -773,6 +804,7 @@ async fn execute_transfer(
     let Verdict {
         allow,
         reasons,
+        approval,
         decision_record,
     } = run_decide(decide, &decision_context)?;
     let decision_id = decision_record.decision_id;
@@ -792,12 +824,44 @@ async fn execute_transfer(
             reasons,
         }
     } else {
+        // Funds held for other transfers awaiting approval are not available.
         let refusals = ledger_refusals(
             &decision_context.debit.account,
             &decision_context.credit.account,
             amount,
+            decision_context.debit.reserved_minor,
         );
-        if refusals.is_empty() {
+        if let (true, Some(requirement)) = (refusals.is_empty(), approval) {
+            // Held for approval: reserve, don't post.
+            let request = ApprovalRequest {
+                id: Uuid::now_v7(),
+                transfer_id,
+                debit_account,
+                credit_account,
+                amount,
+                end_to_end_id,
+                purpose,
+                remittance_info,
+                initiation_decision_id: decision_id,
+                initiator_fingerprint,
+                initiator_common_name,
+                approvals_required: requirement.approvals_required,
+                approver_roles: requirement.approver_roles,
+                status: ApprovalStatus::Pending,
+                created_at: now,
+                expires_at: to_microseconds(requirement.expires_at),
+                resolved_at: None,
+                resolution_decision_id: None,
+                events: Vec::new(),
+            };
+            rows::insert_approval_request(connection, &request).await?;
+            records.push((reservation_record(&request, provenance, now), key));
+            tracing::info!(%transfer_id, %decision_id, decision = "pending", "transfer held for approval");
+            TransferOutcome::Pending {
+                request,
+                decision_id,
+            }
+        } else if refusals.is_empty() {
             let transfer = Transfer {
                 id: transfer_id,
                 debit_account,
@@ -819,7 +883,7 @@ async fn execute_transfer(
                 effects,
             )
             .await?;
-            records.push((posting_record(&transfer, provenance, now), key));
+            records.push((posting_record(&transfer, provenance, None, now), key));
             tracing::info!(%transfer_id, %decision_id, decision = "allow", "transfer posted");
             TransferOutcome::Posted {
                 transfer,
@@ -953,32 +1017,50 @@ async fn insert_idempotency(
     outcome: &TransferOutcome,
     now: OffsetDateTime,
 ) -> Result<(), LedgerError> {
-    let (stored_outcome, transfer_id, decision_id, reasons) = match outcome {
+    let (stored_outcome, transfer_id, approval_id, decision_id, reasons) = match outcome {
         TransferOutcome::Posted {
             transfer,
             decision_id,
         } => (
             IdempotencyOutcome::Posted,
             Some(transfer.id),
+            None,
+            decision_id,
+            &[][..],
+        ),
+        TransferOutcome::Pending {
+            request,
+            decision_id,
+        } => (
+            IdempotencyOutcome::Pending,
+            None,
+            Some(request.id),
             decision_id,
             &[][..],
         ),
         TransferOutcome::Denied {
             decision_id,
             reasons,
-        } => (IdempotencyOutcome::Denied, None, decision_id, &reasons[..]),
+        } => (
+            IdempotencyOutcome::Denied,
+            None,
+            None,
+            decision_id,
+            &reasons[..],
+        ),
         TransferOutcome::Replayed(_) => unreachable!("a replay writes nothing"),
     };
     let reasons_json = serde_json::to_string(reasons).expect("reasons serialise to JSON");
     sqlx::query(
-        "INSERT INTO idempotency (scope, key, request_hash, outcome, transfer_id, decision_id, \
-         reasons_json, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO idempotency (scope, key, request_hash, outcome, transfer_id, approval_id, \
+         decision_id, reasons_json, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(&claim.scope)
     .bind(&claim.key)
     .bind(&claim.request_hash[..])
     .bind(stored_outcome.as_str())
     .bind(transfer_id)
+    .bind(approval_id)
     .bind(*decision_id)
     .bind(reasons_json)
     .bind(now)
@@ -1066,7 +1148,8 @@ async fn execute_seed(
     let credit = rows::load_account(connection, &seed.credit_account)
         .await?
         .ok_or_else(|| LedgerError::AccountNotFound(seed.credit_account.clone()))?;
-    if let Some(refusal) = ledger_refusals(&debit, &credit, seed.amount).first() {
+    let reserved_minor = rows::reserved_minor(connection, &seed.debit_account).await?;
+    if let Some(refusal) = ledger_refusals(&debit, &credit, seed.amount, reserved_minor).first() {
         return Err(LedgerError::Refused {
             reason_code: refusal.code,
         });
@@ -1122,8 +1205,111 @@ async fn execute_seed(
         posted_at: now,
     };
     post(connection, &transfer, &debit, &credit, effects).await?;
-    let record = posting_record(&transfer, provenance, now);
+    let record = posting_record(&transfer, provenance, None, now);
     append_audit(connection, vec![(record, key)], context, effects).await?;
     tracing::info!(transfer_id = %transfer.id, %decision_id, "seed transfer posted");
     Ok(transfer)
+}
+
+/// An approve or reject: the accounts are locked (batch start), then the request (`FOR
+/// UPDATE`): a concurrent step or expiry on another replica waits for our COMMIT and then
+/// sees the outcome. The policy decides on the locked request and fresh balances; the shared
+/// plan (`rules::plan_approval`) says what changes.
+async fn execute_approval(
+    connection: &mut PgConnection,
+    command: ApprovalCommand,
+    context: &Context<'_>,
+    effects: &mut CommandEffects,
+) -> Result<ApprovalOutcome, LedgerError> {
+    let ApprovalCommand {
+        transfer_id,
+        debit_account,
+        credit_account,
+        action,
+        approver_fingerprint,
+        approver_common_name,
+        comment,
+        decide,
+    } = command;
+    let mut request = rows::load_approval(connection, transfer_id, true)
+        .await?
+        .ok_or(LedgerError::ApprovalNotFound(transfer_id))?;
+    if request.debit_account != debit_account || request.credit_account != credit_account {
+        return Err(LedgerError::DecisionFailed(
+            "the approval command names other accounts than the held transfer".to_owned(),
+        ));
+    }
+    let key = debit_account.as_str().to_owned();
+    let now = to_microseconds(OffsetDateTime::now_utc());
+    let mut records = Vec::new();
+    if request.status == ApprovalStatus::Pending && request.is_expired_at(now) {
+        // Expired before a sweeper got to it: expire it here, in this transaction, so an
+        // approval can never win against a timeout that already passed.
+        records.push((expire(&mut request, now), key.clone()));
+        rows::resolve_approval(connection, &request).await?;
+    }
+    let business_date = now.date();
+    let debit = rows::load_account_state(connection, &debit_account, business_date)
+        .await?
+        .ok_or_else(|| LedgerError::AccountNotFound(debit_account.clone()))?;
+    let credit = rows::load_account_state(connection, &credit_account, business_date)
+        .await?
+        .ok_or_else(|| LedgerError::AccountNotFound(credit_account.clone()))?;
+    let (debit_row, credit_row) = (debit.account.clone(), credit.account.clone());
+    let approval_context = ApprovalContext {
+        request,
+        debit,
+        credit,
+        audit_writable: context.shared.audit_writable.load(Ordering::Acquire),
+        now,
+    };
+    let verdict = run_approval_decide(decide, &approval_context)?;
+    let plan = plan_approval(
+        ApprovalStep {
+            action,
+            approver_fingerprint,
+            approver_common_name,
+            comment,
+        },
+        approval_context,
+        verdict,
+    );
+    let request = match &plan.outcome {
+        ApprovalOutcome::Accepted { request, .. } | ApprovalOutcome::Denied { request, .. } => {
+            request
+        }
+    };
+    if let Some(event) = &plan.event {
+        rows::insert_approval_event(connection, request.id, event).await?;
+    }
+    if plan.resolution.is_some() {
+        rows::resolve_approval(connection, request).await?;
+    }
+    if let Some(transfer) = &plan.posting {
+        post(connection, transfer, &debit_row, &credit_row, effects).await?;
+    }
+    records.extend(plan.records.into_iter().map(|record| (record, key.clone())));
+    append_audit(connection, records, context, effects).await?;
+    Ok(plan.outcome)
+}
+
+async fn execute_expire(
+    connection: &mut PgConnection,
+    limit: u32,
+    context: &Context<'_>,
+    effects: &mut CommandEffects,
+) -> Result<Vec<ApprovalRequest>, LedgerError> {
+    let now = to_microseconds(OffsetDateTime::now_utc());
+    let mut due = rows::lock_due_approvals(connection, now, limit).await?;
+    let mut records = Vec::with_capacity(due.len());
+    for request in &mut due {
+        let record = expire(request, now);
+        rows::resolve_approval(connection, request).await?;
+        records.push((record, request.debit_account.as_str().to_owned()));
+    }
+    if !records.is_empty() {
+        append_audit(connection, records, context, effects).await?;
+        tracing::info!(expired = due.len(), "held transfers expired");
+    }
+    Ok(due)
 }
