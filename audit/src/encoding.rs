@@ -177,6 +177,7 @@ impl Columns {
                 .ok_or_else(|| format!("outcome: unknown value {:?}", self.outcome))?,
             redaction: serde_json::from_str(&self.redaction)
                 .map_err(|error| format!("redaction: {error}"))?,
+            sealed_input: None,
         })
     }
 
@@ -440,6 +441,7 @@ mod tests {
             bundle_revision: "rev-2026-03-01".to_owned(),
             outcome: Outcome::Deny,
             redaction: Default::default(),
+            sealed_input: None,
         }
     }
 

@@ -45,6 +45,13 @@ pub enum AuditError {
     #[error("audit record {sequence} cannot be decoded: {reason}")]
     CorruptRecord { sequence: i64, reason: String },
 
+    /// A stored `audit_inputs` row cannot be decoded (wrong lengths, bad token list).
+    #[error("sealed input of audit record {record_id} cannot be decoded: {reason}")]
+    CorruptInput {
+        record_id: uuid::Uuid,
+        reason: String,
+    },
+
     /// A sink was handed records that skip a sequence number; delivering them would lose records.
     #[error("sink `{sink}` expected sequence {expected} but was given {found}")]
     SinkSequenceGap {
@@ -72,4 +79,28 @@ pub enum AuditError {
     /// A blocking file task panicked or was cancelled during shutdown.
     #[error("audit background task failed: {0}")]
     BackgroundTask(#[from] tokio::task::JoinError),
+
+    /// A search or listing of the workspace index was given an invalid parameter.
+    #[error("invalid audit query parameter `{parameter}`: {message}")]
+    InvalidQuery {
+        parameter: &'static str,
+        message: String,
+    },
+
+    /// The indexer met a sealed record that does not continue the chain the tree was built
+    /// on (tampering, or a broken chain): it stops there and commits nothing about it.
+    #[error("audit indexer stopped at sequence {sequence}: {reason}")]
+    IndexChain { sequence: i64, reason: String },
+
+    /// Another indexer advanced the tree concurrently; this step was rolled back.
+    #[error("the audit index was advanced by another indexer; step rolled back")]
+    IndexConflict,
+
+    /// A stored row of the workspace tables (tree, checkpoints, cursor) cannot be decoded.
+    #[error("audit index is corrupt: {reason}")]
+    CorruptIndex { reason: String },
+
+    /// The Merkle tree could not be computed from the stored nodes.
+    #[error("merkle tree: {0}")]
+    Merkle(#[from] crate::merkle::MerkleError),
 }

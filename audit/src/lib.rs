@@ -9,13 +9,29 @@
 //! - [`sqlite`]: the `audit_records` table; `append` runs inside the ledger's write transaction.
 //! - [`postgres`]: the same trail on PostgreSQL, sealed asynchronously by one leader, plus the
 //!   Kafka outbox.
+//! - [`merkle`]: the RFC 6962 Merkle tree over the chain (leaf = the record's chain hash):
+//!   roots, inclusion and consistency proofs from stored perfect subtrees.
+//! - [`checkpoint`]: Ed25519-signed checkpoints (tree size, root, time) and their keys.
+//! - [`index`]: the auditors' workspace store, derived from the sealed chain: the tree's
+//!   nodes, signed checkpoints, the search index, the indexer step and checkpoint verification.
+//! - [`envelope`]: AES-256-GCM envelope encryption of the unmasked policy input (keyring,
+//!   KEK rotation, account tokens); [`inputs`] stores the sealed inputs in `audit_inputs`.
+//! - [`export`]: the export file (JSONL: header, frontier, records, checkpoints, consistency
+//!   proof) and its streaming offline verifier, which needs only the checkpoint public key.
 //! - [`sink`]: delivery of sealed records to external consumers (OPA-style decision logs).
 //!   Sinks pull from the table with a cursor, so the table stays the single source of truth.
 #![forbid(unsafe_code)]
 
+pub mod checkpoint;
 pub mod encoding;
+pub mod envelope;
 mod error;
+pub mod export;
+pub mod index;
+pub mod inputs;
+pub mod merkle;
 pub mod postgres;
+pub mod retention;
 pub mod sink;
 pub mod sqlite;
 mod verify;
@@ -25,6 +41,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 pub use encoding::{GENESIS_PREVIOUS_HASH, canonical_json, chain_hash};
+pub use envelope::{EnvelopeError, KeyFile, Keyring, KeyringError, SealedInput};
 pub use error::AuditError;
 pub use postgres::OutboxItem;
 pub use sink::{AuditSink, DecisionLogLabels, JsonlDecisionLog, decision_path};
@@ -147,6 +164,12 @@ pub struct NewRecord {
     /// policy decision.
     #[serde(default)]
     pub redaction: Redaction,
+    /// The unmasked policy input, encrypted ([`envelope::Keyring::seal`]). Both stores'
+    /// `append` write it to `audit_inputs` in the same transaction as the record. It is not
+    /// part of the record's hash (an auditor verifies the chain without the key) and never
+    /// appears in JSON; records read back from a store carry `None`.
+    #[serde(skip)]
+    pub sealed_input: Option<SealedInput>,
 }
 
 /// The decision-log mask's effect on one record, as JSON pointers under `/input` and `/result`.

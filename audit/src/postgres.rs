@@ -99,6 +99,11 @@ pub async fn append(
         });
     }
     let count = records.len();
+    crate::inputs::insert_postgres(
+        &mut *conn,
+        &records.iter().map(|(record, _)| record).collect::<Vec<_>>(),
+    )
+    .await?;
     let mut record_ids = Vec::with_capacity(count);
     let mut keys = Vec::with_capacity(count);
     let mut text: [Vec<String>; 12] = Default::default();
@@ -199,6 +204,7 @@ pub async fn probe_writable(conn: &mut PgConnection) -> Result<(), AuditError> {
         bundle_revision: "probe".into(),
         outcome: crate::Outcome::Error,
         redaction: Default::default(),
+        sealed_input: None,
     };
     let appended = append(&mut savepoint, vec![(probe, "probe".to_owned())], true).await;
     savepoint.rollback().await?;
@@ -388,6 +394,13 @@ async fn verify_inner(
     anchor: Option<&ChainHead>,
 ) -> Result<VerifyReport, AuditError> {
     let mut walk = ChainWalk::new(anchor);
+    // After a retention prune the chain starts after the newest prune anchor.
+    if let Some(pruned) = crate::retention::latest_anchor(pool).await? {
+        walk = walk.starting_after(&ChainHead {
+            sequence: pruned.pruned_through,
+            hash: pruned.last_hash,
+        });
+    }
     // The CHECK (sequence > 0) keeps planted rows out, unless it was dropped: start below it.
     let mut cursor = i64::MIN;
     loop {

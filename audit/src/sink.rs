@@ -215,6 +215,21 @@ impl JsonlDecisionLog {
     }
 }
 
+impl JsonlDecisionLog {
+    /// After a retention prune the chain starts at `pruned_through + 1`: a sink behind that
+    /// point can never receive the pruned records and continues after them. Returns how many
+    /// sequences it skipped (0 when it was not behind; more than its own gap is logged by the
+    /// caller).
+    pub fn skip_pruned(&mut self, pruned_through: i64) -> i64 {
+        if self.delivered_through >= pruned_through {
+            return 0;
+        }
+        let skipped = pruned_through - self.delivered_through;
+        self.delivered_through = pruned_through;
+        skipped
+    }
+}
+
 impl AuditSink for JsonlDecisionLog {
     fn name(&self) -> &str {
         "jsonl_decision_log"

@@ -139,6 +139,7 @@ pub async fn migrate(conn: &mut SqliteConnection) -> Result<(), AuditError> {
     for statement in SCHEMA_STATEMENTS {
         sqlx::query(statement).execute(&mut *conn).await?;
     }
+    crate::inputs::migrate_sqlite(&mut *conn).await?;
     Ok(())
 }
 
@@ -208,6 +209,14 @@ pub async fn append(
         });
         previous_hash = hash;
     }
+    crate::inputs::insert_sqlite(
+        &mut *conn,
+        &sealed
+            .iter()
+            .map(|sealed| &sealed.record)
+            .collect::<Vec<_>>(),
+    )
+    .await?;
     Ok(sealed)
 }
 
@@ -235,6 +244,7 @@ pub async fn probe_writable(conn: &mut SqliteConnection) -> Result<(), AuditErro
         bundle_revision: "probe".into(),
         outcome: crate::Outcome::Error,
         redaction: Default::default(),
+        sealed_input: None,
     };
     let appended = append(&mut *conn, vec![probe]).await;
     sqlx::query("ROLLBACK TO audit_probe")

@@ -111,6 +111,15 @@ impl<'a> ChainWalk<'a> {
         }
     }
 
+    /// A walk that starts after `head` instead of at sequence 1: the chain before it was
+    /// pruned (retention), and `head` is the last pruned record's sequence and hash, as the
+    /// prune anchor records them (itself proven against a signed checkpoint).
+    pub(crate) fn starting_after(mut self, head: &ChainHead) -> ChainWalk<'a> {
+        self.expected_sequence = head.sequence.saturating_add(1);
+        self.previous_hash = head.hash;
+        self
+    }
+
     /// Checks the next stored row; false once the chain is broken (the walk is over).
     pub(crate) fn check(&mut self, sequence: i64, stored: Result<StoredSeal, String>) -> bool {
         let checked = check_row(

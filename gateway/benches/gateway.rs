@@ -122,6 +122,7 @@ fn config_for(directory: &Path, store_url: &str, batch_commands_max: usize) -> C
         store: StoreConfig::new(store_url),
         audit: AuditConfig {
             decision_log: Some(directory.join("decision-log.jsonl")),
+            ..AuditConfig::default()
         },
         kafka: None,
         limits: Limits {

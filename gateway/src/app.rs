@@ -38,6 +38,14 @@ pub struct AppState {
     /// Swapped atomically on reload; each decision uses the engine it loaded at its start.
     pub policy: ArcSwap<PolicyEngine>,
     pub metrics: Metrics,
+    /// Seals each decision's unmasked input and opens it for reveals (`[audit.encryption]`);
+    /// `None`: nothing unmasked is stored. Loaded once at start.
+    pub keyring: Option<Arc<countersign_audit::Keyring>>,
+    /// Signs the auditors' workspace checkpoints (`[audit.checkpoints] signing_key_file`);
+    /// unset: records are indexed and searchable, but nothing is signed. Set once by
+    /// `Gateway::build` (a cell, so adding it did not change `AppState::new`).
+    pub checkpoint_signer:
+        std::sync::OnceLock<Arc<countersign_audit::checkpoint::CheckpointSigner>>,
     /// Idempotency keys whose first request is still being processed, per caller.
     in_flight: Mutex<HashSet<(String, String)>>,
     /// One reload at a time; requests never wait for it.
@@ -47,7 +55,12 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(config: Config, store: Arc<Store>, policy: PolicyEngine) -> Arc<AppState> {
+    pub fn new(
+        config: Config,
+        store: Arc<Store>,
+        policy: PolicyEngine,
+        keyring: Option<countersign_audit::Keyring>,
+    ) -> Arc<AppState> {
         let metrics = Metrics::new();
         metrics.set_policy_bundle(policy.revision(), policy.evaluator());
         Arc::new(AppState {
@@ -55,6 +68,8 @@ impl AppState {
             store,
             policy: ArcSwap::from_pointee(policy),
             metrics,
+            keyring: keyring.map(Arc::new),
+            checkpoint_signer: std::sync::OnceLock::new(),
             in_flight: Mutex::new(HashSet::new()),
             reload_lock: tokio::sync::Mutex::new(()),
             reload_status: Mutex::new(crate::reload::ReloadStatus::default()),
@@ -185,9 +200,32 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/accounts", post(http::accounts::create))
         .route("/v1/accounts/{id}", get(http::accounts::show))
         .route("/v1/data/{*path}", post(http::opa::data))
+        .route(
+            "/v1/audit/records/{record_id}/input",
+            get(http::reveal::reveal),
+        )
+        // The auditors' workspace (auditor role; every call audited): http/audit.rs.
+        .route("/v1/audit/records", get(http::audit::records))
+        .route("/v1/audit/records/{record_id}", get(http::audit::record))
+        .route("/v1/audit/checkpoints", get(http::audit::checkpoints))
+        .route(
+            "/v1/audit/checkpoints/latest",
+            get(http::audit::latest_checkpoint),
+        )
+        .route(
+            "/v1/audit/proofs/consistency",
+            get(http::audit::consistency),
+        )
+        .route("/v1/audit/stats", get(http::audit::stats))
+        .route("/v1/audit/public-key", get(http::audit::public_key))
+        // The export streams its body after the headers, so the request timeout below bounds
+        // only its preparation; the body is bounded by pages in flight (http/export.rs).
+        .route("/v1/audit/export", get(http::export::export))
         .route("/health", get(http::opa::health))
         .route("/v1/admin/policy/reload", post(http::admin::reload_policy))
         .merge(ops_routes())
+        // The auditor console (static page; its role check and security headers are its own).
+        .merge(crate::console::router())
         // Proxy routes sit inside every layer below: identity headers are stripped before
         // the policy sees the request, the request timeout bounds decision + upstream
         // headers, and latency is recorded per route. `DefaultBodyLimit` only bounds

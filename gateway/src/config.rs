@@ -206,6 +206,84 @@ pub struct AuditConfig {
     /// Optional JSONL decision-log file (OPA decision-log event fields), fed from the store.
     #[serde(default)]
     pub decision_log: Option<PathBuf>,
+    /// Encryption at rest of the unmasked policy input (`[audit.encryption]`). Absent: no
+    /// unmasked input is stored at all (only the masked one) and reveals answer 409
+    /// `reveal.not_configured`.
+    #[serde(default)]
+    pub encryption: Option<EncryptionConfig>,
+    /// The auditors' workspace tree and signed checkpoints (`[audit.checkpoints]`).
+    #[serde(default)]
+    pub checkpoints: CheckpointsConfig,
+}
+
+/// `[audit.checkpoints]`: every sealed record is indexed and added to the Merkle tree; with a
+/// signing key, a signed checkpoint (tree size, root, time) is written every
+/// `interval_seconds` and at least every `records_max` records, whichever comes first, and
+/// only when the tree grew. Without a key the index and the queries still work, but nothing
+/// is signed and the proof endpoints say so.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckpointsConfig {
+    /// PKCS#8 PEM Ed25519 private key (`openssl genpkey -algorithm ed25519`). Relative to the
+    /// config file. Publish its public key (`GET /v1/audit/public-key`) to auditors.
+    pub signing_key_file: Option<PathBuf>,
+    /// 1..=86400.
+    pub interval_seconds: u64,
+    /// 1..=1000000.
+    pub records_max: u64,
+}
+
+/// Bounds of `[audit.checkpoints]`, each named with its unit.
+pub const CHECKPOINT_INTERVAL_SECONDS_MAX: u64 = 24 * 60 * 60;
+pub const CHECKPOINT_RECORDS_MAX_MAX: u64 = 1_000_000;
+
+impl Default for CheckpointsConfig {
+    fn default() -> Self {
+        CheckpointsConfig {
+            signing_key_file: None,
+            interval_seconds: 60,
+            records_max: 10_000,
+        }
+    }
+}
+
+impl CheckpointsConfig {
+    /// Checks every bound; errors name the key.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=CHECKPOINT_INTERVAL_SECONDS_MAX).contains(&self.interval_seconds) {
+            return Err(ConfigError::key(
+                "audit.checkpoints.interval_seconds",
+                format!("must be 1..={CHECKPOINT_INTERVAL_SECONDS_MAX} (1 second to 1 day)"),
+            ));
+        }
+        if !(1..=CHECKPOINT_RECORDS_MAX_MAX).contains(&self.records_max) {
+            return Err(ConfigError::key(
+                "audit.checkpoints.records_max",
+                format!("must be 1..={CHECKPOINT_RECORDS_MAX_MAX}"),
+            ));
+        }
+        if let Some(path) = &self.signing_key_file
+            && path.as_os_str().is_empty()
+        {
+            return Err(ConfigError::key(
+                "audit.checkpoints.signing_key_file",
+                "must be a path to a PKCS#8 PEM Ed25519 private key",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `[audit.encryption]`: the keyring that seals every decision's unmasked input
+/// (`countersign_audit::envelope`) and opens it for `GET /v1/audit/records/{id}/input`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionConfig {
+    /// A JSON key file (`{"active", "keys", "index_secret"}`) or a directory with one file
+    /// per entry (`active`, `index_secret`, `<kek id>.key`, as a Vault Agent or Kubernetes
+    /// secret volume renders it). Read once at start; rotate by adding a key, making it
+    /// active and restarting. Relative to the config file.
+    pub key_file: PathBuf,
 }
 
 /// Every bound the gateway enforces, named with its unit.
@@ -400,6 +478,8 @@ pub const RESERVED_PATHS: &[&str] = &[
     "/healthz",
     "/readyz",
     "/metrics",
+    "/console",
+    "/v1/audit",
 ];
 
 fn default_route_decision() -> String {
@@ -448,6 +528,8 @@ pub const KNOWN_ROLES: &[&str] = &[
     "auditor",
     "admin",
     "policy_client",
+    // May have one audit record's unmasked input decrypted (`GET /v1/audit/records/{id}/input`).
+    "revealer",
 ];
 
 impl Config {
@@ -499,6 +581,12 @@ impl Config {
         self.tls.crls.iter_mut().for_each(resolve);
         resolve(&mut self.policy.bundle);
         if let Some(path) = self.audit.decision_log.as_mut() {
+            resolve(path);
+        }
+        if let Some(encryption) = self.audit.encryption.as_mut() {
+            resolve(&mut encryption.key_file);
+        }
+        if let Some(path) = self.audit.checkpoints.signing_key_file.as_mut() {
             resolve(path);
         }
         if let Some(rest) = self.store.url.strip_prefix("sqlite://")
@@ -572,6 +660,7 @@ impl Config {
             ));
         }
         self.approvals.validate()?;
+        self.audit.checkpoints.validate()?;
         if let Some(kafka) = &self.kafka {
             if !self.store.is_postgres() {
                 return Err(ConfigError::key(
@@ -949,6 +1038,34 @@ mod tests {
         }
     }
 
+    #[test]
+    fn audit_checkpoints_have_defaults_and_bounds() {
+        let config = Config::from_table(base()).unwrap();
+        assert_eq!(config.audit.checkpoints, CheckpointsConfig::default());
+        assert_eq!(config.audit.checkpoints.interval_seconds, 60);
+        assert_eq!(config.audit.checkpoints.records_max, 10_000);
+        assert_eq!(config.audit.checkpoints.signing_key_file, None);
+        for (variable, value, key) in [
+            (
+                "INTERVAL_SECONDS",
+                "0",
+                "audit.checkpoints.interval_seconds",
+            ),
+            (
+                "INTERVAL_SECONDS",
+                "86401",
+                "audit.checkpoints.interval_seconds",
+            ),
+            ("RECORDS_MAX", "0", "audit.checkpoints.records_max"),
+            ("RECORDS_MAX", "1000001", "audit.checkpoints.records_max"),
+            ("SIGNING_KEY_FILE", "", "audit.checkpoints.signing_key_file"),
+            ("SURPRISE", "1", "audit.checkpoints.surprise"),
+        ] {
+            let name = format!("COUNTERSIGN__AUDIT__CHECKPOINTS__{variable}");
+            check_error(&[(name.as_str(), value)], key);
+        }
+    }
+
     fn check_route_error(route: &str, expected_key: &str) {
         let mut table = base();
         let routes: toml::Table = format!(
@@ -1010,5 +1127,33 @@ mod tests {
         let config = Config::from_table(table).unwrap();
         assert_eq!(config.routes[0].decision, "data.countersign.proxy.decision");
         assert_eq!(config.routes[0].request_body_bytes_max, 16 * 1024 * 1024);
+    }
+
+    #[test]
+    fn audit_encryption_is_optional_and_its_key_file_is_relative_to_the_config() {
+        assert_eq!(Config::from_table(base()).unwrap().audit.encryption, None);
+        let mut table = base();
+        apply_env(
+            &mut table,
+            [(
+                "COUNTERSIGN__AUDIT__ENCRYPTION__KEY_FILE".into(),
+                "keys/audit-keyring.json".into(),
+            )],
+        )
+        .unwrap();
+        let config = Config::from_table(table)
+            .unwrap()
+            .resolve_paths(Path::new("/etc/countersign"));
+        assert_eq!(
+            config.audit.encryption,
+            Some(EncryptionConfig {
+                key_file: PathBuf::from("/etc/countersign/keys/audit-keyring.json"),
+            })
+        );
+        check_error(
+            &[("COUNTERSIGN__AUDIT__ENCRYPTION__SURPRISE", "1")],
+            "audit.encryption.surprise",
+        );
+        assert!(KNOWN_ROLES.contains(&"revealer"));
     }
 }

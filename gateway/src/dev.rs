@@ -16,8 +16,8 @@ use uuid::Uuid;
 
 use crate::{
     config::{
-        ApprovalsConfig, AuditConfig, Config, Limits, LogConfig, PolicyConfig, StoreConfig,
-        TlsConfig,
+        ApprovalsConfig, AuditConfig, CheckpointsConfig, Config, EncryptionConfig, Limits,
+        LogConfig, PolicyConfig, StoreConfig, TlsConfig,
     },
     pki::{DevPki, PkiError},
 };
@@ -120,6 +120,13 @@ pub fn dev_config(
         )),
         audit: AuditConfig {
             decision_log: Some(var_directory.join("decision-log.jsonl")),
+            encryption: Some(EncryptionConfig {
+                key_file: pki.directory.join(DEV_KEYRING_FILE),
+            }),
+            checkpoints: CheckpointsConfig {
+                signing_key_file: Some(pki.directory.join(DEV_CHECKPOINT_KEY_FILE)),
+                ..CheckpointsConfig::default()
+            },
         },
         kafka: None,
         limits: Limits::default(),
@@ -131,8 +138,70 @@ pub fn dev_config(
     (config, pki)
 }
 
+/// The dev keyring that seals each decision's unmasked input, next to the dev PKI.
+pub const DEV_KEYRING_FILE: &str = "audit-keyring.json";
+/// The KEK id of a freshly generated dev keyring.
+pub const DEV_KEK_ID: &str = "dev-kek-1";
+
+/// Creates the dev PKI and the dev keyring unless they exist (a kept keyring keeps earlier
+/// records revealable).
 pub fn ensure_pki(pki: &DevPki) -> Result<(), PkiError> {
-    DevPki::ensure(&pki.directory).map(|_| ())
+    DevPki::ensure(&pki.directory)?;
+    ensure_keyring(&pki.directory.join(DEV_KEYRING_FILE))?;
+    ensure_checkpoint_key(&pki.directory)
+}
+
+/// The dev checkpoint signing key (PKCS#8 PEM) and its public key (SPKI PEM), next to the
+/// dev PKI: `audit verify --offline` takes the `.pub`.
+pub const DEV_CHECKPOINT_KEY_FILE: &str = "audit-checkpoint.key";
+pub const DEV_CHECKPOINT_PUBLIC_KEY_FILE: &str = "audit-checkpoint.pub";
+
+/// Creates the dev checkpoint key pair unless the private key exists (a kept key keeps old
+/// checkpoints verifiable); rewrites the public key from it either way.
+fn ensure_checkpoint_key(directory: &Path) -> Result<(), PkiError> {
+    let key_path = directory.join(DEV_CHECKPOINT_KEY_FILE);
+    let public_path = directory.join(DEV_CHECKPOINT_PUBLIC_KEY_FILE);
+    let write_error = |path: &Path| {
+        let path = path.to_owned();
+        move |source| PkiError::Write { path, source }
+    };
+    let signer = if key_path.exists() {
+        countersign_audit::checkpoint::CheckpointSigner::from_pem_file(&key_path)
+            .map_err(|error| write_error(&key_path)(std::io::Error::other(error.to_string())))?
+    } else {
+        let signer = countersign_audit::checkpoint::CheckpointSigner::generate()
+            .map_err(|error| write_error(&key_path)(std::io::Error::other(error.to_string())))?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        // Only the gateway's user may read key material.
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&key_path).map_err(write_error(&key_path))?;
+        std::io::Write::write_all(&mut file, signer.private_key_pem().as_bytes())
+            .map_err(write_error(&key_path))?;
+        signer
+    };
+    std::fs::write(&public_path, signer.verifier().public_key_pem())
+        .map_err(write_error(&public_path))
+}
+
+fn ensure_keyring(path: &Path) -> Result<(), PkiError> {
+    if path.exists() {
+        return Ok(());
+    }
+    let write_error = |source| PkiError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let key_file = countersign_audit::KeyFile::generate(DEV_KEK_ID)
+        .map_err(|error| write_error(std::io::Error::other(error.to_string())))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    // Only the gateway's user may read key material.
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).map_err(write_error)?;
+    std::io::Write::write_all(&mut file, key_file.to_json().as_bytes()).map_err(write_error)
 }
 
 fn system_subject() -> Subject {
@@ -162,6 +231,7 @@ pub fn system_record(
         bundle_revision: bundle_revision.to_owned(),
         outcome: Outcome::Allow,
         redaction: Default::default(),
+        sealed_input: None,
     }
 }
 
@@ -192,6 +262,7 @@ pub async fn seed_demo_accounts(
             bundle_revision: bundle_revision.to_owned(),
             outcome: Outcome::Allow,
             redaction: Default::default(),
+            sealed_input: None,
         };
         // Open active, fund, then apply the demo status (a frozen account still has money).
         store

@@ -5,8 +5,10 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod auditor;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod dev;
 pub mod http;
 pub mod kafka;

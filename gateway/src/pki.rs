@@ -242,6 +242,11 @@ pub const DEV_CLIENTS: &[DevClient] = &[
         role: "policy_client",
         common_name: "payments-service",
     },
+    DevClient {
+        file_stem: "revealer",
+        role: "revealer",
+        common_name: "revealer-erin",
+    },
 ];
 
 /// Paths of the files `serve --dev` writes.

@@ -28,6 +28,21 @@ pub async fn run(
 ) {
     let batch_records_max = state.config.limits.audit_relay_batch_records_max;
     let commits = state.store.sealed();
+    match state.store.pruned_through().await {
+        Ok(pruned_through) => {
+            let skipped = sink.skip_pruned(pruned_through);
+            if skipped > 0 && sink.delivered_through() > skipped {
+                tracing::warn!(
+                    sink = sink.name(),
+                    skipped,
+                    "records were pruned (retention) before this sink received them"
+                );
+            }
+        }
+        Err(error) => {
+            tracing::warn!(error = %error, "cannot read the prune anchor; the sink starts at its own cursor")
+        }
+    }
     let mut backoff_ms = RETRY_BACKOFF_MS_MIN;
     loop {
         // Register interest before reading, so a commit between the read and the wait is

@@ -193,6 +193,7 @@ pub async fn reload(
             Outcome::Error
         },
         redaction: Default::default(),
+        sealed_input: None,
     };
     if let Err(error) = state.store.append_audit(vec![record]).await {
         tracing::error!(error = %error, "cannot audit the policy reload");

@@ -30,6 +30,7 @@ use tower::ServiceExt;
 
 use crate::{
     app::{self, AppState, Caller},
+    auditor,
     config::Config,
     kafka::KafkaPublisher,
     policy::{Bundle, PolicyEngine, TRANSFER_DECISION},
@@ -56,6 +57,10 @@ pub enum StartError {
     Audit(#[from] countersign_audit::AuditError),
     #[error("kafka: {0}")]
     Kafka(#[from] crate::kafka::KafkaError),
+    #[error("audit.encryption: {0}")]
+    Keyring(#[from] countersign_audit::KeyringError),
+    #[error("audit.checkpoints.signing_key_file: {0}")]
+    CheckpointKey(#[from] countersign_audit::checkpoint::CheckpointError),
 }
 
 /// A gateway ready to serve.
@@ -78,6 +83,32 @@ impl Gateway {
         // The approval rule too, so no approve/reject pays for the compile (a bundle without
         // it still starts: approvals are then denied, held transfers expire).
         crate::http::approvals::prepare_policy(&policy);
+        // The keyring before the store: a bad key file stops the start before anything is
+        // written, and no decision is ever recorded without its sealed input.
+        let keyring = match &config.audit.encryption {
+            Some(encryption) => {
+                let keyring = countersign_audit::Keyring::load(&encryption.key_file)?;
+                tracing::info!(
+                    active_kek = keyring.active_key_id(),
+                    keys = keyring.key_ids().count(),
+                    "audit encryption keyring loaded"
+                );
+                Some(keyring)
+            }
+            None => None,
+        };
+        // The checkpoint key too: a configured key that does not load stops the start.
+        let checkpoint_signer = match &config.audit.checkpoints.signing_key_file {
+            Some(path) => {
+                let signer = countersign_audit::checkpoint::CheckpointSigner::from_pem_file(path)?;
+                tracing::info!(
+                    key_id = signer.key_id(),
+                    "audit checkpoint signing key loaded"
+                );
+                Some(Arc::new(signer))
+            }
+            None => None,
+        };
         let store = Store::open_with(
             &config.store.url,
             StoreLimits {
@@ -101,10 +132,11 @@ impl Gateway {
             store = %config.store.url,
             "gateway built"
         );
-        Ok(Gateway {
-            state: AppState::new(config, Arc::new(store), policy),
-            tls,
-        })
+        let state = AppState::new(config, Arc::new(store), policy, keyring);
+        if let Some(signer) = checkpoint_signer {
+            let _ = state.checkpoint_signer.set(signer);
+        }
+        Ok(Gateway { state, tls })
     }
 
     /// Serves until `shutdown` resolves, then drains and flushes.
@@ -143,6 +175,10 @@ impl Gateway {
             }
             None => None,
         };
+        // The auditors' workspace indexer stops with the relays (after the ledger writer), so
+        // it indexes and signs the last records committed.
+        let (auditor_stop_sender, auditor_stop) = watch::channel(false);
+        let auditor = tokio::spawn(auditor::run(state.clone(), auditor_stop));
         let ops = ops_listener.map(|listener| {
             let router = app::ops_router(state.clone());
             let mut stop = stop.clone();
@@ -243,6 +279,10 @@ impl Gateway {
         }
         if let Some(stream) = stream {
             let _ = stream.await;
+        }
+        let _ = auditor_stop_sender.send(true);
+        if let Err(error) = auditor.await {
+            tracing::error!(error = %error, "audit indexer task failed");
         }
         state.store.close_reads().await;
         if let Some(ops) = ops {

@@ -61,6 +61,7 @@ fn sealed_chain(count: usize) -> Vec<(SealedRecord, String)> {
                     Outcome::Posted
                 },
                 redaction: Redaction::default(),
+                sealed_input: None,
             };
             let hash = chain_hash(&previous_hash, sequence, &record);
             let sealed = SealedRecord {

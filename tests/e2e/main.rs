@@ -3,9 +3,12 @@
 #![forbid(unsafe_code)]
 
 mod approvals;
+mod audit_api;
+mod audit_export;
 mod audit_trail;
 mod binary;
 mod concurrency;
+mod console;
 mod fail_closed;
 mod kafka_support;
 mod malformed;
@@ -15,6 +18,8 @@ mod opa_api;
 mod production;
 mod proxy;
 mod reload;
+mod retention;
+mod reveal;
 mod services;
 mod support;
 mod transfers;

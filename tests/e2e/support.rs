@@ -138,6 +138,7 @@ pub fn test_config(directory: &Path, bundle: PathBuf) -> Config {
         )),
         audit: AuditConfig {
             decision_log: Some(directory.join("decision-log.jsonl")),
+            ..AuditConfig::default()
         },
         kafka: None,
         // Defaults (a day to approve); maker-checker tests shorten the timeout.
@@ -313,6 +314,7 @@ async fn create_account_in(
         bundle_revision: "test".into(),
         outcome: Outcome::Allow,
         redaction: Default::default(),
+        sealed_input: None,
     };
     store
         .create_account(

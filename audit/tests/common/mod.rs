@@ -65,6 +65,7 @@ pub fn record(number: u32) -> NewRecord {
             (false, false) => Outcome::Deny,
         },
         redaction: Default::default(),
+        sealed_input: None,
     }
 }
 

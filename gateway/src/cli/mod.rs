@@ -1,18 +1,14 @@
-//! Command line: `serve`, `audit verify`, `test`, `eval`, `bundle build`.
+//! Command line: `serve`, `audit verify|query|export|keygen`, `test`, `eval`, `bundle build`.
 
-use std::{
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    process::ExitCode,
-    time::Instant,
-};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
-use countersign_ledger::SqliteStore;
 
+pub mod audit;
 mod bundle;
 mod eval;
+mod prune;
 mod test;
 
 use crate::{
@@ -38,10 +34,10 @@ pub enum Command {
     Serve(ServeArgs),
     /// Apply the shipped schema migrations to the store (run once as the schema owner).
     Migrate(StoreArgs),
-    /// Audit trail tools.
+    /// Audit trail tools (exit codes: 0 ok, 1 verification failed, 2 usage or I/O error).
     Audit {
         #[command(subcommand)]
-        command: AuditCommand,
+        command: audit::AuditCommand,
     },
     /// Run Rego unit tests like `opa test`.
     Test(test::TestArgs),
@@ -71,12 +67,6 @@ pub struct ServeArgs {
     /// --dev only: listen address.
     #[arg(long, default_value = dev::DEV_LISTEN_ADDRESS)]
     pub listen: SocketAddr,
-}
-
-#[derive(Debug, Subcommand)]
-pub enum AuditCommand {
-    /// Walk the hash chain and name the first broken sequence number.
-    Verify(StoreArgs),
 }
 
 #[derive(Debug, Args)]
@@ -127,9 +117,7 @@ fn run(cli: Cli, started: Instant) -> Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve(args, started),
         Command::Migrate(args) => migrate(args),
-        Command::Audit {
-            command: AuditCommand::Verify(args),
-        } => audit_verify(args),
+        Command::Audit { command } => Ok(audit::run(command)),
         Command::Test(args) => Ok(test::run(args)),
         Command::Eval(args) => Ok(eval::run(args)),
         Command::Bundle { command } => bundle::run(command),
@@ -262,43 +250,4 @@ fn redact_url(url: &str) -> String {
         }
         _ => url.to_owned(),
     }
-}
-
-fn audit_verify(args: StoreArgs) -> Result<ExitCode> {
-    let url = store_url(&args)?;
-    let runtime = runtime()?;
-    runtime.block_on(async move {
-        let report = if let Some(path) = url.strip_prefix("sqlite://") {
-            if !Path::new(path).exists() {
-                bail!("store {path} does not exist");
-            }
-            let pool = SqliteStore::open_read_only(path).await?;
-            countersign_audit::sqlite::verify(&pool).await?
-        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let pool = sqlx::postgres::PgPoolOptions::new()
-                .max_connections(1)
-                .connect(&url)
-                .await
-                .context("connecting to PostgreSQL")?;
-            countersign_audit::postgres::verify(&pool).await?
-        } else {
-            bail!("--store must be sqlite://PATH or postgres://USER@HOST/DATABASE");
-        };
-        match report.first_broken {
-            None => {
-                println!(
-                    "audit chain OK: {} records verified",
-                    report.records_checked
-                );
-                Ok(ExitCode::SUCCESS)
-            }
-            Some(broken) => {
-                println!(
-                    "audit chain BROKEN at sequence {}: {} ({} records checked before it)",
-                    broken.sequence, broken.reason, report.records_checked
-                );
-                Ok(ExitCode::from(2))
-            }
-        }
-    })
 }

@@ -97,6 +97,7 @@ pub async fn create(
         bundle_revision: state.policy.load().revision().to_owned(),
         outcome: Outcome::Allow,
         redaction: Default::default(),
+        sealed_input: None,
     };
     let created = state.store.create_account(account, record).await?;
     state

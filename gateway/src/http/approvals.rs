@@ -356,17 +356,31 @@ fn decide_approval_now(
     let input = approval_input(&caller.identity, caller.remote_address, step, context);
     // The approval rule is a sibling of the transfer rule in the same bundle, compiled when
     // the bundle was (`prepare_policy`).
+    let decided = decide_fail_closed(state, action, "approval step", Honours::Nothing, || {
+        policy
+            .for_entrypoint(APPROVAL_DECISION)
+            .and_then(|engine| engine.evaluate(&input))
+    });
+    // The unmasked input, encrypted, goes with the record (when `[audit.encryption]` is set);
+    // if it cannot be sealed the step is denied (fail closed).
+    let record_id = Uuid::now_v7();
+    let (decided, sealed_input) = super::reveal::seal_decision(
+        state,
+        record_id,
+        &input,
+        &[
+            context.request.debit_account.as_str(),
+            context.request.credit_account.as_str(),
+        ],
+        decided,
+    );
     let Decided {
         allow,
         reasons,
         outcome,
         result,
         ..
-    } = decide_fail_closed(state, action, "approval step", Honours::Nothing, || {
-        policy
-            .for_entrypoint(APPROVAL_DECISION)
-            .and_then(|engine| engine.evaluate(&input))
-    });
+    } = decided;
     let decision_id = Uuid::now_v7();
     // The bundle's mask rule sees the approval rule's path; our own masking (account
     // numbers, remittance information) applies on top, as for transfers.
@@ -375,7 +389,7 @@ fn decide_approval_now(
         allow,
         reasons,
         decision_record: NewRecord {
-            record_id: Uuid::now_v7(),
+            record_id,
             kind: RecordKind::Decision,
             decision_id,
             timestamp: context.now,
@@ -387,6 +401,7 @@ fn decide_approval_now(
             bundle_revision: policy.revision().to_owned(),
             outcome,
             redaction: masked.redaction,
+            sealed_input,
         },
     }
 }

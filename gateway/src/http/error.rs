@@ -18,6 +18,12 @@ pub enum ApiError {
         code: &'static str,
         message: String,
     },
+    /// 400 `query.invalid`: a query parameter is unknown, repeated or malformed; the body
+    /// names it in `parameter`.
+    QueryInvalid {
+        parameter: String,
+        message: String,
+    },
     /// 401: no identity (should not happen behind mTLS; defensive).
     Unauthenticated,
     /// 403: the caller lacks a role the gateway itself requires.
@@ -89,7 +95,7 @@ impl ApiError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest { .. } | ApiError::QueryInvalid { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthenticated => StatusCode::UNAUTHORIZED,
             ApiError::RoleRequired { .. } | ApiError::PolicyDenied { .. } => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
@@ -118,6 +124,11 @@ impl ApiError {
             | ApiError::GatewayTimeout { code, message } => {
                 json!({"code": code, "message": message})
             }
+            ApiError::QueryInvalid { parameter, message } => json!({
+                "code": "query.invalid",
+                "message": format!("parameter `{parameter}`: {message}"),
+                "parameter": parameter,
+            }),
             ApiError::Unauthenticated => json!({
                 "code": "identity.missing",
                 "message": "a verified client certificate is required",
@@ -171,6 +182,94 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
+    }
+}
+
+impl From<super::reveal::SealFailed> for ApiError {
+    fn from(_: super::reveal::SealFailed) -> Self {
+        ApiError::Unavailable {
+            code: "audit.unavailable",
+            message: "the decision could not be recorded in the audit trail (its input could not be encrypted); nothing was answered or forwarded".into(),
+        }
+    }
+}
+
+impl From<super::reveal::RevealError> for ApiError {
+    fn from(error: super::reveal::RevealError) -> Self {
+        use super::reveal::{REVEALER_ROLES, RevealError};
+        match error {
+            RevealError::RoleRequired => ApiError::RoleRequired {
+                roles: REVEALER_ROLES,
+            },
+            RevealError::InvalidRecordId => ApiError::bad_request(
+                "record_id.invalid",
+                "the record id must be a UUID",
+            ),
+            RevealError::NotConfigured => ApiError::Conflict {
+                code: "reveal.not_configured",
+                message: "encryption at rest ([audit.encryption]) is not configured, so no unmasked input is stored".into(),
+            },
+            RevealError::RecordNotFound(_) => ApiError::NotFound {
+                code: "audit_record.not_found",
+                message: "no audit record with this id".into(),
+            },
+            RevealError::NotSealed(_) => ApiError::NotFound {
+                code: "audit_input.not_found",
+                message: "this audit record has no sealed input (postings, reservations, approvals, releases and non-policy records have none, nor do records written while encryption was off)".into(),
+            },
+            // Not transient: an operator must put the named key back into the keyring.
+            RevealError::KeyUnavailable { source, .. } => ApiError::Conflict {
+                code: "reveal.key_unavailable",
+                message: source.to_string(),
+            },
+            // Tampered or damaged stored bytes: logged as an error, never detailed to the caller.
+            error @ RevealError::Unreadable { .. } => ApiError::Internal {
+                message: error.to_string(),
+            },
+            RevealError::Store(message) => ApiError::Unavailable {
+                code: "store.unavailable",
+                message: format!("the audit store cannot be read ({message})"),
+            },
+            RevealError::NotAudited(_) => ApiError::Unavailable {
+                code: "audit.unavailable",
+                message: "the reveal could not be written to the audit trail; nothing was revealed".into(),
+            },
+        }
+    }
+}
+
+impl From<super::audit::WorkspaceError> for ApiError {
+    fn from(error: super::audit::WorkspaceError) -> Self {
+        use super::audit::{AUDITOR_ROLES, WorkspaceError};
+        match error {
+            WorkspaceError::RoleRequired => ApiError::RoleRequired {
+                roles: AUDITOR_ROLES,
+            },
+            WorkspaceError::InvalidQuery { parameter, message } => {
+                ApiError::QueryInvalid { parameter, message }
+            }
+            WorkspaceError::RecordNotFound(_) => ApiError::NotFound {
+                code: "audit_record.not_found",
+                message: "no sealed audit record with this id".into(),
+            },
+            WorkspaceError::NoCheckpoint => ApiError::NotFound {
+                code: "checkpoint.not_found",
+                message: "no checkpoint has been signed yet; the first follows within [audit.checkpoints] interval_seconds of the first records".into(),
+            },
+            WorkspaceError::NotConfigured => ApiError::Conflict {
+                code: "checkpoints.not_configured",
+                message: "no checkpoint signing key is configured ([audit.checkpoints] signing_key_file): records are indexed and searchable, but no checkpoint is signed and nothing can be proved".into(),
+            },
+            WorkspaceError::Store(error) => ApiError::from(error),
+            // The stored tree lacks a node the proof needs: a bug or damage, not an outage.
+            error @ WorkspaceError::Tree(_) => ApiError::Internal {
+                message: error.to_string(),
+            },
+            WorkspaceError::NotAudited(_) => ApiError::Unavailable {
+                code: "audit.unavailable",
+                message: "this call could not be written to the audit trail; no data was returned".into(),
+            },
+        }
     }
 }
 

@@ -3,9 +3,12 @@
 pub mod accounts;
 pub mod admin;
 pub mod approvals;
+pub mod audit;
 pub mod error;
+pub mod export;
 pub mod opa;
 pub mod ops;
+pub mod reveal;
 pub mod transfers;
 
 use axum::http::{HeaderMap, header};

@@ -97,6 +97,19 @@ pub async fn data(
             json!({"path": query, "error": error.to_string(), "code": error.code()}),
         ),
     };
+    // The unmasked input, encrypted, goes with the record (when `[audit.encryption]` is set).
+    // A record that cannot be complete is not written, and the answer is not given (503).
+    let record_id = Uuid::now_v7();
+    let sealed_input = super::reveal::seal_input(
+        &state,
+        record_id,
+        request.input.as_ref().unwrap_or(&Value::Null),
+        &[],
+    )
+    .map_err(|error| {
+        tracing::error!(%decision_id, error = %error, "cannot seal the Data API input; not answering");
+        ApiError::from(error)
+    })?;
     // The mask sees what OPA's sees: the request's input and the decision.
     let masked = mask_decision(
         &engine,
@@ -106,7 +119,7 @@ pub async fn data(
         result_document,
     );
     let record = NewRecord {
-        record_id: Uuid::now_v7(),
+        record_id,
         kind: RecordKind::Decision,
         decision_id,
         timestamp: OffsetDateTime::now_utc(),
@@ -118,6 +131,7 @@ pub async fn data(
         bundle_revision: engine.revision().to_owned(),
         outcome,
         redaction: masked.redaction,
+        sealed_input,
     };
     state.store.append_audit(vec![record]).await?;
     state

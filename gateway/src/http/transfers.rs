@@ -884,19 +884,33 @@ fn decide_transfer_now(
     context: &DecisionContext,
 ) -> Verdict {
     let input = policy_input(caller, transfer, request_id, context);
-    let Decided {
-        allow,
-        reasons,
-        approval,
-        outcome,
-        result,
-    } = decide_fail_closed(
+    let decided = decide_fail_closed(
         state,
         ACTION_TRANSFER,
         "transfer",
         Honours::RequireApproval,
         || policy.evaluate(&input),
     );
+    // The unmasked input, encrypted, goes with the record (when `[audit.encryption]` is set);
+    // if it cannot be sealed the transfer is denied (fail closed).
+    let record_id = Uuid::now_v7();
+    let (decided, sealed_input) = super::reveal::seal_decision(
+        state,
+        record_id,
+        &input,
+        &[
+            transfer.debit_account.as_str(),
+            transfer.credit_account.as_str(),
+        ],
+        decided,
+    );
+    let Decided {
+        allow,
+        reasons,
+        approval,
+        outcome,
+        result,
+    } = decided;
     // The clock of the writer's transaction starts the wait; config bounds it to 1 s..30 days.
     let timeout = time::Duration::seconds(
         i64::try_from(state.config.approvals.timeout_seconds).unwrap_or(i64::MAX),
@@ -919,7 +933,7 @@ fn decide_transfer_now(
         reasons,
         approval,
         decision_record: NewRecord {
-            record_id: Uuid::now_v7(),
+            record_id,
             kind: RecordKind::Decision,
             decision_id,
             timestamp: context.now,
@@ -931,6 +945,7 @@ fn decide_transfer_now(
             bundle_revision: policy.revision().to_owned(),
             outcome,
             redaction: masked.redaction,
+            sealed_input,
         },
     }
 }

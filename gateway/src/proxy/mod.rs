@@ -153,6 +153,16 @@ async fn decide_and_audit(
             .and_then(|decider| decider.evaluate(&input))
     });
     let decision_id = Uuid::now_v7();
+    // The input, encrypted, goes with the record (when `[audit.encryption]` is set) — with
+    // its secret headers redacted even there: credentials are not evidence. A record that
+    // cannot be complete is not written, and the request is not forwarded (503).
+    let record_id = Uuid::now_v7();
+    let sealed_input =
+        crate::http::reveal::seal_input(state, record_id, &input::mask(input.clone()), &[])
+            .map_err(|error| {
+                tracing::error!(route = %route.config.name, %decision_id, error = %error, "cannot seal the proxy input; not forwarding");
+                ApiError::from(error)
+            })?;
     let masked = mask_decision(
         &engine,
         &decision_path(&route.action),
@@ -161,7 +171,7 @@ async fn decide_and_audit(
         result,
     );
     let record = NewRecord {
-        record_id: Uuid::now_v7(),
+        record_id,
         kind: RecordKind::Decision,
         decision_id,
         timestamp: now,
@@ -174,6 +184,7 @@ async fn decide_and_audit(
         bundle_revision: engine.revision().to_owned(),
         outcome,
         redaction: masked.redaction,
+        sealed_input,
     };
     if let Err(error) = state.store.append_audit(vec![record]).await {
         tracing::error!(route = %route.config.name, %decision_id, error = %error, "proxy decision could not be audited; not forwarding");

@@ -2,11 +2,17 @@
 //! Each method delegates to the back end; behaviour is the same by contract and by the shared
 //! test suite (`ledger/tests`), which runs against every back end.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use countersign_audit::checkpoint::{Checkpoint, CheckpointSigner, CheckpointVerifier};
+use countersign_audit::index::{
+    self, AuditQuery, CheckpointsReport, IndexStep, StatsBucket, StatsRow,
+};
+use countersign_audit::merkle::{Hash, NodeId};
 use countersign_audit::{ChainHead, NewRecord, OutboxItem, SealedRecord};
-use time::Date;
+use time::{Date, OffsetDateTime};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -74,6 +80,17 @@ impl Store {
                 .await?
                 .shutdown()
                 .await
+        }
+    }
+
+    /// The last sequence removed by a retention prune (0 if none; SQLite never prunes): the
+    /// sealed chain starts after it.
+    pub async fn pruned_through(&self) -> Result<i64, LedgerError> {
+        match self {
+            Store::Sqlite(_) => Ok(0),
+            Store::Postgres(store) => Ok(countersign_audit::retention::latest_anchor(store.pool())
+                .await?
+                .map_or(0, |anchor| anchor.pruned_through)),
         }
     }
 
@@ -220,6 +237,128 @@ impl Store {
             Store::Sqlite(store) => Ok(countersign_audit::sqlite::count(store.pool()).await?),
             Store::Postgres(store) => store.audit_count().await,
         }
+    }
+
+    // ---- The auditors' workspace (countersign_audit::index): derived from the sealed chain.
+
+    /// Sealed, indexed records matching `query`, ascending by sequence (keyset: `after`,
+    /// `limit`). Only indexed records are found; the indexer follows the seal within a batch.
+    pub async fn audit_query(&self, query: &AuditQuery) -> Result<Vec<SealedRecord>, LedgerError> {
+        Ok(match self {
+            Store::Sqlite(store) => index::sqlite::query(store.pool(), query).await?,
+            Store::Postgres(store) => index::postgres::query(store.pool(), query).await?,
+        })
+    }
+
+    /// The sealed record with `record_id` (indexed or not).
+    pub async fn audit_record(&self, record_id: Uuid) -> Result<Option<SealedRecord>, LedgerError> {
+        Ok(match self {
+            Store::Sqlite(store) => index::sqlite::record(store.pool(), record_id).await?,
+            Store::Postgres(store) => index::postgres::record(store.pool(), record_id).await?,
+        })
+    }
+
+    /// Decision records by outcome per `bucket` over `[floor(from), to)`, one row per bucket.
+    pub async fn audit_stats(
+        &self,
+        from: OffsetDateTime,
+        to: OffsetDateTime,
+        bucket: StatsBucket,
+    ) -> Result<Vec<StatsRow>, LedgerError> {
+        Ok(match self {
+            Store::Sqlite(store) => index::sqlite::stats(store.pool(), from, to, bucket).await?,
+            Store::Postgres(store) => {
+                index::postgres::stats(store.pool(), from, to, bucket).await?
+            }
+        })
+    }
+
+    /// The Merkle nodes `ids` (level 0 = leaf hashes, from the chain); absent ids are not
+    /// stored (yet). At most `countersign_audit::index::NODE_IDS_MAX` per call.
+    pub async fn merkle_nodes(&self, ids: &[NodeId]) -> Result<HashMap<NodeId, Hash>, LedgerError> {
+        Ok(match self {
+            Store::Sqlite(store) => index::sqlite::merkle_nodes(store.pool(), ids).await?,
+            Store::Postgres(store) => index::postgres::merkle_nodes(store.pool(), ids).await?,
+        })
+    }
+
+    /// Leaves in the Merkle tree so far (the indexer's cursor).
+    pub async fn indexed_size(&self) -> Result<u64, LedgerError> {
+        Ok(match self {
+            Store::Sqlite(store) => index::sqlite::indexed_size(store.pool()).await?,
+            Store::Postgres(store) => index::postgres::indexed_size(store.pool()).await?,
+        })
+    }
+
+    /// Checkpoints with `tree_size > after_tree_size`, ascending, at most `limit` (clamped
+    /// to `countersign_audit::index::CHECKPOINTS_PAGE_MAX`).
+    pub async fn checkpoints(
+        &self,
+        after_tree_size: u64,
+        limit: u32,
+    ) -> Result<Vec<Checkpoint>, LedgerError> {
+        Ok(match self {
+            Store::Sqlite(store) => {
+                index::sqlite::checkpoints(store.pool(), after_tree_size, limit).await?
+            }
+            Store::Postgres(store) => {
+                index::postgres::checkpoints(store.pool(), after_tree_size, limit).await?
+            }
+        })
+    }
+
+    pub async fn latest_checkpoint(&self) -> Result<Option<Checkpoint>, LedgerError> {
+        Ok(match self {
+            Store::Sqlite(store) => index::sqlite::latest_checkpoint(store.pool()).await?,
+            Store::Postgres(store) => index::postgres::latest_checkpoint(store.pool()).await?,
+        })
+    }
+
+    /// The smallest checkpoint with `tree_size >= tree_size`.
+    pub async fn checkpoint_covering(
+        &self,
+        tree_size: u64,
+    ) -> Result<Option<Checkpoint>, LedgerError> {
+        Ok(match self {
+            Store::Sqlite(store) => {
+                index::sqlite::checkpoint_covering(store.pool(), tree_size).await?
+            }
+            Store::Postgres(store) => {
+                index::postgres::checkpoint_covering(store.pool(), tree_size).await?
+            }
+        })
+    }
+
+    /// Signs and stores a checkpoint at the current indexed size (`None` if the tree is
+    /// empty; the existing one if that size is checkpointed already). Used by export.
+    pub async fn write_checkpoint_now(
+        &self,
+        signer: &CheckpointSigner,
+    ) -> Result<Option<Checkpoint>, LedgerError> {
+        on_backend!(self, store => store.write_checkpoint_now(signer).await)
+    }
+
+    /// One indexer step: up to `batch_records_max` sealed records into the tree and the
+    /// index, in one transaction (see `countersign_audit::index`).
+    pub async fn audit_index_step(&self, batch_records_max: u32) -> Result<IndexStep, LedgerError> {
+        on_backend!(self, store => store.audit_index_step(batch_records_max).await)
+    }
+
+    /// Verifies every checkpoint (signature, root from the chain and from the stored nodes,
+    /// consistency with the previous one) and every stored node against the chain's leaves.
+    /// Tampering is a finding in the report.
+    pub async fn verify_checkpoints(
+        &self,
+        verifier: &CheckpointVerifier,
+    ) -> Result<CheckpointsReport, LedgerError> {
+        Ok(match self {
+            Store::Sqlite(store) => {
+                index::sqlite::verify_checkpoints(store.pool(), verifier).await?
+            }
+            Store::Postgres(store) => {
+                index::postgres::verify_checkpoints(store.pool(), verifier).await?
+            }
+        })
     }
 
     /// Re-derives every hash of the chain from the stored columns (PostgreSQL: the sealed

@@ -29,6 +29,14 @@ use crate::transfer::{
     SeedTransfer, StoredIdempotency, Transfer, TransferCommand, TransferOutcome,
 };
 
+/// Decimals of a currency the ledger knows, for the audit index's amount column (the audit
+/// crate parses decimal amounts with it, so it needs no currency table of its own).
+pub(crate) fn currency_exponent(code: &str) -> Option<u8> {
+    crate::money::Currency::parse(code)
+        .ok()
+        .map(|currency| currency.minor_units())
+}
+
 /// Bounds of the store. Every queue and batch is bounded; the unit is the last word.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -142,6 +142,7 @@ pub(crate) fn posting_record(
         bundle_revision: provenance.bundle_revision,
         outcome: Outcome::Posted,
         redaction: Default::default(),
+        sealed_input: None,
     }
 }
 
@@ -273,6 +274,7 @@ pub(crate) fn reservation_record(
         bundle_revision: provenance.bundle_revision,
         outcome: Outcome::Pending,
         redaction: Default::default(),
+        sealed_input: None,
     }
 }
 
@@ -341,6 +343,7 @@ pub(crate) fn release_record(
         bundle_revision,
         outcome: Outcome::Voided,
         redaction: Default::default(),
+        sealed_input: None,
     }
 }
 
@@ -380,6 +383,7 @@ fn approval_record(
             Outcome::Deny
         },
         redaction: Default::default(),
+        sealed_input: None,
     }
 }
 

@@ -12,10 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use countersign_audit::{NewRecord, SealedRecord};
-use sqlx::ConnectOptions;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
+use sqlx::{ConnectOptions, SqliteConnection};
 use time::Date;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -40,6 +40,12 @@ pub struct SqliteStore {
     shared: Arc<Shared>,
     read_pool: SqlitePool,
     limits: StoreLimits,
+    /// Connection options of the indexer's own write connection (opened on first use).
+    /// (Boxed: the options are large, and `Store` holds either store inline.)
+    indexer_options: Box<SqliteConnectOptions>,
+    /// The auditors' workspace indexer writes through its own connection with short
+    /// transactions, so the ledger writer's connection stays the ledger's alone.
+    indexer: tokio::sync::Mutex<Option<SqliteConnection>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -93,6 +99,7 @@ impl SqliteStore {
             .await?;
         schema::upgrade_idempotency(&mut connection).await?;
         countersign_audit::sqlite::migrate(&mut connection).await?;
+        countersign_audit::index::sqlite::migrate(&mut connection).await?;
 
         // Read-only: the single-writer rule is enforced by SQLite, not only by convention.
         let read_pool = SqlitePoolOptions::new()
@@ -103,6 +110,7 @@ impl SqliteStore {
         let shared = Arc::new(Shared::new());
         let (sender, receiver) = mpsc::channel(limits.queue_commands_max);
         let (shutdown_sender, shutdown_receiver) = oneshot::channel();
+        let indexer_options = Box::new(writer_options.clone());
         let writer = Writer::new(
             writer_options,
             connection,
@@ -123,6 +131,8 @@ impl SqliteStore {
             shared,
             read_pool,
             limits,
+            indexer_options,
+            indexer: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -344,6 +354,56 @@ impl SqliteStore {
         }
     }
 
+    /// The indexer's write connection, connecting first if needed.
+    async fn indexer_connection<'g>(
+        &self,
+        slot: &'g mut Option<SqliteConnection>,
+    ) -> Result<&'g mut SqliteConnection, LedgerError> {
+        if slot.is_none() {
+            *slot = Some(self.indexer_options.connect().await?);
+        }
+        Ok(slot.as_mut().expect("connected above"))
+    }
+
+    /// One step of the auditors' workspace indexer (see `countersign_audit::index`). A failed
+    /// step drops the indexer's connection, so the next one starts on a fresh one.
+    pub async fn audit_index_step(
+        &self,
+        batch_records_max: u32,
+    ) -> Result<countersign_audit::index::IndexStep, LedgerError> {
+        let mut slot = self.indexer.lock().await;
+        let connection = self.indexer_connection(&mut slot).await?;
+        let result = countersign_audit::index::sqlite::index_step(
+            connection,
+            batch_records_max,
+            crate::store::currency_exponent,
+        )
+        .await;
+        if result.is_err() {
+            *slot = None;
+        }
+        Ok(result?)
+    }
+
+    /// Signs and stores a checkpoint at the current tree size (the stored one if it exists).
+    pub async fn write_checkpoint_now(
+        &self,
+        signer: &countersign_audit::checkpoint::CheckpointSigner,
+    ) -> Result<Option<countersign_audit::checkpoint::Checkpoint>, LedgerError> {
+        let mut slot = self.indexer.lock().await;
+        let connection = self.indexer_connection(&mut slot).await?;
+        let result = countersign_audit::index::sqlite::write_checkpoint(
+            connection,
+            signer,
+            time::OffsetDateTime::now_utc(),
+        )
+        .await;
+        if result.is_err() {
+            *slot = None;
+        }
+        Ok(result?)
+    }
+
     pub fn limits(&self) -> &StoreLimits {
         &self.limits
     }
@@ -361,6 +421,9 @@ impl SqliteStore {
 
     /// Closes the read pool; call after the last reader (e.g. the audit relay) is done.
     pub async fn close_reads(&self) {
+        if let Some(indexer) = self.indexer.lock().await.take() {
+            let _ = sqlx::Connection::close(indexer).await;
+        }
         self.read_pool.close().await;
     }
 

@@ -1028,6 +1028,7 @@ async fn execute_seed(
         bundle_revision: NO_POLICY_BUNDLE.to_owned(),
         outcome: Outcome::Allow,
         redaction: Default::default(),
+        sealed_input: None,
     };
     let provenance = Provenance::of(&decision_record);
     append_audit(connection, vec![decision_record], shared, effects).await?;

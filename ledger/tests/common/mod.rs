@@ -236,6 +236,7 @@ pub fn decision_record(action: &str, outcome: Outcome) -> NewRecord {
         bundle_revision: "test-rev-1".to_owned(),
         outcome,
         redaction: Default::default(),
+        sealed_input: None,
     }
 }
 

@@ -489,6 +489,35 @@ impl PgStore {
         Ok(countersign_audit::postgres::verify(&self.pool).await?)
     }
 
+    /// One step of the auditors' workspace indexer (see `countersign_audit::index`), on a
+    /// pool connection. The gateway runs it on the sealer leader only.
+    pub async fn audit_index_step(
+        &self,
+        batch_records_max: u32,
+    ) -> Result<countersign_audit::index::IndexStep, LedgerError> {
+        let mut connection = self.pool.acquire().await?;
+        Ok(countersign_audit::index::postgres::index_step(
+            &mut connection,
+            batch_records_max,
+            crate::store::currency_exponent,
+        )
+        .await?)
+    }
+
+    /// Signs and stores a checkpoint at the current tree size (the stored one if it exists).
+    pub async fn write_checkpoint_now(
+        &self,
+        signer: &countersign_audit::checkpoint::CheckpointSigner,
+    ) -> Result<Option<countersign_audit::checkpoint::Checkpoint>, LedgerError> {
+        let mut connection = self.pool.acquire().await?;
+        Ok(countersign_audit::index::postgres::write_checkpoint(
+            &mut connection,
+            signer,
+            time::OffsetDateTime::now_utc(),
+        )
+        .await?)
+    }
+
     /// Waits until every audit record committed before the call (by any replica) is sealed,
     /// at most `timeout`. `Ok(false)` on timeout (no sealer leader, or it is behind).
     pub async fn wait_sealed(&self, timeout: Duration) -> Result<bool, LedgerError> {

@@ -127,7 +127,17 @@ impl Sealer {
 
     /// Seals until stopped or the connection fails (which ends the leadership).
     async fn lead(&self, mut connection: PgConnection, stop: &mut watch::Receiver<bool>) {
+        let mut partitions_checked: Option<std::time::Instant> = None;
         loop {
+            // The leader keeps the next months' audit partitions ready (migration 0005).
+            if partitions_checked.is_none_or(|checked| {
+                checked.elapsed() >= Duration::from_millis(PARTITION_CHECK_MS)
+            }) {
+                partitions_checked = Some(std::time::Instant::now());
+                if let Err(error) = ensure_partitions(&mut connection).await {
+                    tracing::warn!(error = %error, "could not create the next audit partitions");
+                }
+            }
             // Register before sealing, so a commit during the step is not missed.
             let committed = self.commits.notified();
             tokio::pin!(committed);
@@ -179,4 +189,23 @@ impl Sealer {
             }
         }
     }
+}
+
+/// How often the leader makes sure the audit partitions of this month and the next three exist.
+const PARTITION_CHECK_MS: u64 = 3_600_000;
+/// Months of audit partitions kept ready, this one included.
+const PARTITION_MONTHS_AHEAD: i32 = 4;
+
+/// Creates the missing monthly audit partitions from this month on (a no-op when they exist).
+async fn ensure_partitions(connection: &mut PgConnection) -> Result<(), sqlx::Error> {
+    let created: i32 = sqlx::query_scalar(
+        "SELECT countersign_audit_partitions((now() AT TIME ZONE 'UTC')::date, $1)",
+    )
+    .bind(PARTITION_MONTHS_AHEAD)
+    .fetch_one(&mut *connection)
+    .await?;
+    if created > 0 {
+        tracing::info!(created, "audit partitions created");
+    }
+    Ok(())
 }

@@ -1180,6 +1180,7 @@ async fn execute_seed(
         bundle_revision: NO_POLICY_BUNDLE.to_owned(),
         outcome: Outcome::Allow,
         redaction: Default::default(),
+        sealed_input: None,
     };
     let provenance = Provenance::of(&decision_record);
     let key = seed.debit_account.as_str().to_owned();
