@@ -81,8 +81,13 @@ impl Gateway {
         // Proxy routes' rules are compiled now: a bundle without them refuses to start.
         crate::proxy::prepare_policy(&policy, &config.routes)?;
         // The approval rule too, so no approve/reject pays for the compile (a bundle without
-        // it still starts: approvals are then denied, held transfers expire).
-        crate::http::approvals::prepare_policy(&policy);
+        // it still starts: approvals are then denied, held transfers expire). It compiles on a
+        // blocking thread while the keys load and the store opens (start-up time).
+        let policy = Arc::new(policy);
+        let approval_rule = {
+            let policy = policy.clone();
+            tokio::task::spawn_blocking(move || crate::http::approvals::prepare_policy(&policy))
+        };
         // The keyring before the store: a bad key file stops the start before anything is
         // written, and no decision is ever recorded without its sealed input.
         let keyring = match &config.audit.encryption {
@@ -126,6 +131,12 @@ impl Gateway {
             },
         )
         .await?;
+        if let Err(error) = approval_rule.await {
+            tracing::error!(error = %error, "compiling the approval rule panicked");
+        }
+        let policy = Arc::try_unwrap(policy).unwrap_or_else(|_| {
+            panic!("the approval rule's compile task holds no policy after it ended")
+        });
         tracing::info!(
             bundle_revision = policy.revision(),
             evaluator = ?policy.evaluator(),
