@@ -1071,6 +1071,90 @@ fn node_sequences(id: NodeId) -> (i64, i64) {
     (first, first + id.leaves() as i64 - 1)
 }
 
+/// What checkpoint verification reads from a back end, on one connection.
+pub(crate) trait TreeReader {
+    /// Checkpoints with a tree size above `after_tree_size`, ascending, at most `limit`.
+    async fn checkpoints_after(
+        &mut self,
+        after_tree_size: u64,
+        limit: u32,
+    ) -> Result<Vec<Checkpoint>, AuditError>;
+    /// `(sequence, chain hash)` of the sealed records after `sequence`, ascending.
+    async fn chain_hashes_after(
+        &mut self,
+        sequence: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, Vec<u8>)>, AuditError>;
+    /// The stored nodes among `ids` (at most [`NODE_IDS_MAX`]).
+    async fn nodes(&mut self, ids: &[NodeId]) -> Result<HashMap<NodeId, Hash>, AuditError>;
+}
+
+/// Walks the chain after `cursor` page by page through `walk`, loading checkpoints ahead of
+/// the leaves and comparing every completed node with the stored one. One driver for both
+/// back ends, so they cannot verify differently.
+pub(crate) async fn walk_checkpoints(
+    reader: &mut impl TreeReader,
+    mut walk: CheckpointWalk<'_>,
+    mut cursor: i64,
+    indexed: u64,
+) -> Result<CheckpointsReport, AuditError> {
+    let mut checkpoints_exhausted = false;
+    loop {
+        // Keep at least the checkpoints up to the next page's end loaded.
+        while !checkpoints_exhausted
+            && walk
+                .loaded_through()
+                .is_none_or(|through| through <= walk.size() + VERIFY_PAGE_RECORDS as u64)
+        {
+            let page = reader
+                .checkpoints_after(walk.loaded_through().unwrap_or(0), CHECKPOINTS_PAGE_MAX)
+                .await?;
+            checkpoints_exhausted = page.len() < CHECKPOINTS_PAGE_MAX as usize;
+            walk.add_checkpoints(page);
+        }
+        let rows = reader
+            .chain_hashes_after(cursor, VERIFY_PAGE_RECORDS)
+            .await?;
+        let Some((last, _)) = rows.last() else { break };
+        cursor = *last;
+        let leaves = rows
+            .iter()
+            .map(|(sequence, hash)| {
+                crate::verify::hash_from_bytes(hash)
+                    .map(|hash| (*sequence, hash))
+                    .map_err(|reason| AuditError::CorruptRecord {
+                        sequence: *sequence,
+                        reason: format!("hash: {reason}"),
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let start = walk.size();
+        let end = start + leaves.len() as u64;
+        let ids: Vec<NodeId> = completed_node_ids(start, end)
+            .into_iter()
+            .filter(|id| id.first_leaf() + id.leaves() <= indexed)
+            .collect();
+        let mut stored = HashMap::new();
+        for chunk in ids.chunks(NODE_IDS_MAX) {
+            stored.extend(reader.nodes(chunk).await?);
+        }
+        for reached in walk.push_leaves(&leaves, &stored) {
+            let nodes = reader.nodes(&reached.node_ids()).await?;
+            walk.check_stored(&reached, &nodes);
+        }
+        if walk.is_broken() {
+            break;
+        }
+    }
+    if !walk.is_broken() && !walk.has_pending() && !checkpoints_exhausted {
+        let page = reader
+            .checkpoints_after(walk.loaded_through().unwrap_or(0), 1)
+            .await?;
+        walk.add_checkpoints(page);
+    }
+    Ok(walk.finish())
+}
+
 /// Node ids of level >= 1 completed by leaves `[start, end)` (what `push_leaves` compares).
 pub(crate) fn completed_node_ids(start: u64, end: u64) -> Vec<NodeId> {
     let mut ids = Vec::new();

@@ -232,6 +232,17 @@ pub enum ApprovalOutcome {
     },
 }
 
+impl ApprovalOutcome {
+    /// The request as it stands after the step, whichever way it went.
+    pub fn request(&self) -> &ApprovalRequest {
+        match self {
+            ApprovalOutcome::Accepted { request, .. } | ApprovalOutcome::Denied { request, .. } => {
+                request
+            }
+        }
+    }
+}
+
 /// Reason codes the ledger uses when it refuses an approve/reject the policy allowed.
 pub mod approval_reason_codes {
     /// Four eyes: the initiator may not approve or reject their own transfer.

@@ -128,6 +128,15 @@ async fn alice_with(store: &Store, funds: &str) {
     fund(store, ALICE, funds).await;
 }
 
+/// The request of held transfer `request` as stored now.
+async fn stored(store: &Store, request: &ApprovalRequest) -> ApprovalRequest {
+    store
+        .approval(request.transfer_id)
+        .await
+        .expect("read")
+        .expect("exists")
+}
+
 async fn reserved(store: &Store, account: &str) -> i64 {
     store
         .account_state(&id(account), OffsetDateTime::now_utc().date())
@@ -226,11 +235,7 @@ async fn a_held_transfer_reserves_funds_and_posts_after_one_approval(backend: Ba
     assert_eq!(balance(store, ALICE).await, 10_000_000);
     assert_eq!(balance(store, BOB).await, 240_000_000);
     assert_eq!(reserved(store, ALICE).await, 0);
-    let stored = store
-        .approval(request.transfer_id)
-        .await
-        .expect("read")
-        .expect("exists");
+    let stored = stored(store, &request).await;
     assert_eq!(stored, after, "what the writer returned is what is stored");
     assert_eq!(stored.events.len(), 1);
     assert_eq!(stored.events[0].comment.as_deref(), Some("checked"));
@@ -347,11 +352,7 @@ async fn the_initiator_cannot_approve_even_when_the_policy_allows(backend: Backe
             vec![approval_reason_codes::SELF_APPROVAL]
         );
     }
-    let stored = store
-        .approval(request.transfer_id)
-        .await
-        .expect("read")
-        .expect("exists");
+    let stored = stored(store, &request).await;
     assert_eq!(stored.status, ApprovalStatus::Pending);
     assert!(stored.events.is_empty());
     assert_eq!(reserved(store, ALICE).await, 200_000_000);
@@ -388,11 +389,7 @@ async fn a_policy_deny_changes_nothing(backend: Backend) {
         before + 1,
         "only the decision record"
     );
-    let stored = store
-        .approval(request.transfer_id)
-        .await
-        .expect("read")
-        .expect("exists");
+    let stored = stored(store, &request).await;
     assert_eq!(stored, request);
 
     let unknown = store
@@ -505,11 +502,7 @@ async fn expiry_releases_the_reservation_and_a_late_approval_loses(backend: Back
     assert_eq!(expired[0].status, ApprovalStatus::Expired);
     assert!(store.expire_approvals(100).await.expect("sweep").is_empty());
     for request in [&swept, &late] {
-        let stored = store
-            .approval(request.transfer_id)
-            .await
-            .expect("read")
-            .expect("exists");
+        let stored = stored(store, request).await;
         assert_eq!(stored.status, ApprovalStatus::Expired);
         assert_eq!(stored.resolution_decision_id, None);
     }
@@ -612,11 +605,7 @@ async fn approve_reject_and_expiry_race_to_exactly_one_outcome(backend: Backend)
     let mut posted_minor = 0;
     let mut endings = std::collections::BTreeMap::<&str, usize>::new();
     for request in &requests {
-        let stored = store
-            .approval(request.transfer_id)
-            .await
-            .expect("read")
-            .expect("exists");
+        let stored = stored(&store, request).await;
         let won_by_a_step = winners.get(&request.id).copied().unwrap_or(0);
         match stored.status {
             ApprovalStatus::Pending => panic!("{} still pending after its expiry", request.id),

@@ -132,31 +132,7 @@ impl Workspace {
 
     /// Waits until every sealed record is indexed; returns the indexed size.
     async fn caught_up(&self) -> u64 {
-        let store = &self.app.state.store;
-        let deadline = Instant::now() + Duration::from_millis(CATCH_UP_WAIT_MS);
-        loop {
-            assert!(
-                store
-                    .wait_sealed(Duration::from_millis(CATCH_UP_WAIT_MS))
-                    .await
-                    .unwrap(),
-                "records are sealed"
-            );
-            let head = store
-                .audit_head()
-                .await
-                .unwrap()
-                .map_or(0, |head| head.sequence);
-            let indexed = store.indexed_size().await.unwrap();
-            if indexed >= head as u64 {
-                return indexed;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the indexer caught up ({indexed} of {head})"
-            );
-            tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
-        }
+        crate::support::indexed_through_head(&self.app).await
     }
 
     /// Waits for a checkpoint with `tree_size >= size`.

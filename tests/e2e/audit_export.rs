@@ -18,7 +18,7 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use countersign::config::{CheckpointsConfig, StoreConfig};
@@ -37,7 +37,6 @@ const BINARY: &str = env!("CARGO_BIN_EXE_countersign");
 
 /// Bound on waiting for the indexer (and the sealer on PostgreSQL) to catch up.
 const CATCH_UP_WAIT_MS: u64 = 30_000;
-const POLL_INTERVAL_MS: u64 = 50;
 
 const CORP: &str = "DE44500105175407324931";
 const SUPPLIER: &str = "DE89370400440532013000";
@@ -119,31 +118,7 @@ impl Auditor {
 
     /// Waits until every sealed record is in the Merkle tree; returns the indexed size.
     async fn caught_up(&self) -> u64 {
-        let store = &self.app.state.store;
-        let deadline = Instant::now() + Duration::from_millis(CATCH_UP_WAIT_MS);
-        loop {
-            assert!(
-                store
-                    .wait_sealed(Duration::from_millis(CATCH_UP_WAIT_MS))
-                    .await
-                    .unwrap(),
-                "records are sealed"
-            );
-            let head = store
-                .audit_head()
-                .await
-                .unwrap()
-                .map_or(0, |head| head.sequence);
-            let indexed = store.indexed_size().await.unwrap();
-            if indexed >= head as u64 {
-                return indexed;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the indexer caught up ({indexed} of {head})"
-            );
-            tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
-        }
+        crate::support::indexed_through_head(&self.app).await
     }
 
     /// Waits until every appended record is sealed (PostgreSQL seals asynchronously).

@@ -5,7 +5,7 @@
 //! a forged prune anchor does not.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use countersign::config::{CheckpointsConfig, StoreConfig};
 use countersign_audit::checkpoint::CheckpointSigner;
@@ -79,6 +79,21 @@ async fn backdate_prefix(url: &str, records: i64) {
     .await;
 }
 
+/// A gateway on `database_url` that checkpoints often (every second or 4 records).
+async fn spawn(database_url: &str, signing_key: &std::path::Path) -> TestApp {
+    let store_url = database_url.to_owned();
+    let signing_key = signing_key.to_owned();
+    TestApp::spawn_with(move |config| {
+        config.store = StoreConfig::new(store_url);
+        config.audit.checkpoints = CheckpointsConfig {
+            signing_key_file: Some(signing_key),
+            interval_seconds: 1,
+            records_max: 4,
+        };
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn prune_drops_old_months_and_the_rest_still_verifies() {
     let Some(admin_url) = services::shared_database_url() else {
@@ -92,17 +107,7 @@ async fn prune_drops_old_months_and_the_rest_still_verifies() {
     std::fs::write(&key_path, signer.private_key_pem()).unwrap();
     std::fs::write(&public_path, signer.verifier().public_key_pem()).unwrap();
 
-    let store_url = database_url.clone();
-    let signing_key = key_path.clone();
-    let app = TestApp::spawn_with(move |config| {
-        config.store = StoreConfig::new(store_url);
-        config.audit.checkpoints = CheckpointsConfig {
-            signing_key_file: Some(signing_key),
-            interval_seconds: 1,
-            records_max: 4,
-        };
-    })
-    .await;
+    let app = spawn(&database_url, &key_path).await;
     app.open_account(ALICE, "EUR", "1000.00").await;
     app.open_account(BOB, "EUR", "1.00").await;
     for index in 0..TRANSFERS {
@@ -112,17 +117,8 @@ async fn prune_drops_old_months_and_the_rest_still_verifies() {
         assert_eq!(status, 201, "{body}");
     }
     // Wait (bounded) until everything is sealed and in the Merkle tree.
+    crate::support::indexed_through_head(&app).await;
     let store = app.state.store.clone();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        assert!(store.wait_sealed(Duration::from_secs(10)).await.unwrap());
-        let sealed = store.audit_count().await.unwrap() as u64;
-        if store.indexed_size().await.unwrap() == sealed && sealed > 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the indexer did not catch up");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let total = store.audit_count().await.unwrap();
     app.stop().await;
 
@@ -253,17 +249,7 @@ async fn prune_drops_old_months_and_the_rest_still_verifies() {
     assert_eq!(verified.code, 0, "{}", verified.stdout);
 
     // The gateway keeps working on the pruned store: new records seal after the anchor.
-    let store_url = database_url.clone();
-    let signing_key = key_path.clone();
-    let app = TestApp::spawn_with(move |config| {
-        config.store = StoreConfig::new(store_url);
-        config.audit.checkpoints = CheckpointsConfig {
-            signing_key_file: Some(signing_key),
-            interval_seconds: 1,
-            records_max: 4,
-        };
-    })
-    .await;
+    let app = spawn(&database_url, &key_path).await;
     let (status, body) = app
         .post_transfer("after-prune", &transfer(ALICE, BOB, "1.00"))
         .await;

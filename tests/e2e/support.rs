@@ -429,3 +429,34 @@ impl AuditOutage {
         self.pool.close().await;
     }
 }
+
+/// Waits (bounded, 30 s) until every sealed record is in the Merkle tree and the search index
+/// of `app`'s store; returns the indexed size.
+pub async fn indexed_through_head(app: &TestApp) -> u64 {
+    const WAIT_MS: u64 = 30_000;
+    let store = &app.state.store;
+    let deadline = std::time::Instant::now() + Duration::from_millis(WAIT_MS);
+    loop {
+        assert!(
+            store
+                .wait_sealed(Duration::from_millis(WAIT_MS))
+                .await
+                .unwrap(),
+            "records are sealed"
+        );
+        let head = store
+            .audit_head()
+            .await
+            .unwrap()
+            .map_or(0, |head| head.sequence);
+        let indexed = store.indexed_size().await.unwrap();
+        if indexed >= head as u64 {
+            return indexed;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the indexer caught up ({indexed} of {head})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -19,8 +19,8 @@ use super::sqlite::{bucket_seconds, node_hash_of, node_id};
 use super::{
     Batch, Bind, CHECKPOINTS_PAGE_MAX, CheckpointWalk, CheckpointsReport, CurrencyExponent,
     INDEX_BATCH_RECORDS_MAX, IndexStep, NODE_IDS_MAX, StatsBucket, StatsRow, StoredRow,
-    VERIFY_PAGE_RECORDS, append_rows, build_batch, completed_node_ids, dense_stats, floor_micros,
-    number_placeholders, parse_tokens, search_plan, stats_buckets,
+    append_rows, build_batch, dense_stats, floor_micros, number_placeholders, parse_tokens,
+    search_plan, stats_buckets,
 };
 use crate::checkpoint::{Checkpoint, CheckpointSigner, CheckpointVerifier};
 use crate::encoding::{GENESIS_PREVIOUS_HASH, format_timestamp, parse_timestamp};
@@ -775,63 +775,36 @@ pub async fn verify_checkpoints(
         walk = walk.starting_after_prune(frontier);
         cursor = pruned_through;
     }
-    let mut checkpoints_exhausted = false;
-    loop {
-        while !checkpoints_exhausted
-            && walk
-                .loaded_through()
-                .is_none_or(|through| through <= walk.size() + VERIFY_PAGE_RECORDS as u64)
-        {
-            let page = checkpoints_on(
-                &mut conn,
-                walk.loaded_through().unwrap_or(0),
-                CHECKPOINTS_PAGE_MAX,
-            )
-            .await?;
-            checkpoints_exhausted = page.len() < CHECKPOINTS_PAGE_MAX as usize;
-            walk.add_checkpoints(page);
-        }
-        let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+    super::walk_checkpoints(&mut PgTree(&mut conn), walk, cursor, indexed).await
+}
+
+/// [`super::TreeReader`] on one connection.
+struct PgTree<'c>(&'c mut PgConnection);
+
+impl super::TreeReader for PgTree<'_> {
+    async fn checkpoints_after(
+        &mut self,
+        after_tree_size: u64,
+        limit: u32,
+    ) -> Result<Vec<Checkpoint>, AuditError> {
+        checkpoints_on(self.0, after_tree_size, limit).await
+    }
+
+    async fn chain_hashes_after(
+        &mut self,
+        sequence: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, Vec<u8>)>, AuditError> {
+        Ok(sqlx::query_as(
             "SELECT sequence, hash FROM audit_seals WHERE sequence > $1 ORDER BY sequence LIMIT $2",
         )
-        .bind(cursor)
-        .bind(VERIFY_PAGE_RECORDS)
-        .fetch_all(&mut *conn)
-        .await?;
-        let Some((last, _)) = rows.last() else { break };
-        cursor = *last;
-        let leaves = rows
-            .iter()
-            .map(|(sequence, hash)| {
-                hash_from_bytes(hash)
-                    .map(|hash| (*sequence, hash))
-                    .map_err(|reason| AuditError::CorruptRecord {
-                        sequence: *sequence,
-                        reason: format!("hash: {reason}"),
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let start = walk.size();
-        let end = start + leaves.len() as u64;
-        let ids: Vec<NodeId> = completed_node_ids(start, end)
-            .into_iter()
-            .filter(|id| id.first_leaf() + id.leaves() <= indexed)
-            .collect();
-        let mut stored = HashMap::new();
-        for chunk in ids.chunks(NODE_IDS_MAX) {
-            stored.extend(fetch_nodes(&mut conn, chunk).await?);
-        }
-        for reached in walk.push_leaves(&leaves, &stored) {
-            let nodes = fetch_nodes(&mut conn, &reached.node_ids()).await?;
-            walk.check_stored(&reached, &nodes);
-        }
-        if walk.is_broken() {
-            break;
-        }
+        .bind(sequence)
+        .bind(limit)
+        .fetch_all(&mut *self.0)
+        .await?)
     }
-    if !walk.is_broken() && !walk.has_pending() && !checkpoints_exhausted {
-        let page = checkpoints_on(&mut conn, walk.loaded_through().unwrap_or(0), 1).await?;
-        walk.add_checkpoints(page);
+
+    async fn nodes(&mut self, ids: &[NodeId]) -> Result<HashMap<NodeId, Hash>, AuditError> {
+        fetch_nodes(self.0, ids).await
     }
-    Ok(walk.finish())
 }

@@ -425,12 +425,13 @@ pub(crate) fn approval_refusals(
 
 /// What the writer does for one approve/reject. Decided here, from the locked request, the
 /// fresh state and the verdict, so both back ends apply the same rules; the back end only
-/// executes it, in this order: insert `event`, set `resolution`, post `posting`, append
-/// `records`.
+/// executes it, in this order: insert `event`, store the final status if `resolves`, post
+/// `posting`, append `records`.
 pub(crate) struct ApprovalPlan {
     pub(crate) event: Option<ApprovalEvent>,
-    /// New status and the decision that ended the request.
-    pub(crate) resolution: Option<(ApprovalStatus, Uuid)>,
+    /// The step ended the request: its final status, time and deciding step are those of the
+    /// request in `outcome`.
+    pub(crate) resolves: bool,
     pub(crate) posting: Option<Transfer>,
     pub(crate) records: Vec<NewRecord>,
     pub(crate) outcome: ApprovalOutcome,
@@ -466,7 +467,7 @@ pub(crate) fn plan_approval(
     let mut records = vec![decision_record];
     let denied = |request, records, reasons| ApprovalPlan {
         event: None,
-        resolution: None,
+        resolves: false,
         posting: None,
         records,
         outcome: ApprovalOutcome::Denied {
@@ -511,7 +512,7 @@ pub(crate) fn plan_approval(
     let mut refusals = Vec::new();
     match step.action {
         ApprovalAction::Reject => {
-            resolution = Some((ApprovalStatus::Rejected, decision_id));
+            resolution = Some(ApprovalStatus::Rejected);
             release = Some(ReleaseCause::Rejected);
         }
         ApprovalAction::Approve => {
@@ -533,7 +534,7 @@ pub(crate) fn plan_approval(
                 .map(|refusal| Reason::new(refusal.code, refusal.message))
                 .collect();
                 if refusals.is_empty() {
-                    resolution = Some((ApprovalStatus::Posted, decision_id));
+                    resolution = Some(ApprovalStatus::Posted);
                     posting = Some(Transfer {
                         id: request.transfer_id,
                         debit_account: request.debit_account.clone(),
@@ -553,13 +554,13 @@ pub(crate) fn plan_approval(
                         reason = %refusals[0].code,
                         "approved transfer refused by the ledger at posting"
                     );
-                    resolution = Some((ApprovalStatus::Failed, decision_id));
+                    resolution = Some(ApprovalStatus::Failed);
                     release = Some(ReleaseCause::Refused);
                 }
             }
         }
     }
-    if let Some((status, _)) = resolution {
+    if let Some(status) = resolution {
         request.status = status;
         request.resolved_at = Some(now);
         request.resolution_decision_id = Some(decision_id);
@@ -593,7 +594,7 @@ pub(crate) fn plan_approval(
     }
     ApprovalPlan {
         event: Some(event),
-        resolution,
+        resolves: resolution.is_some(),
         posting: posting.clone(),
         records,
         outcome: ApprovalOutcome::Accepted {

@@ -1080,12 +1080,12 @@ async fn execute_approval(
         ));
     }
     let now = OffsetDateTime::now_utc();
+    let mut records = Vec::new();
     if request.status == ApprovalStatus::Pending && request.is_expired_at(now) {
         // Expired before the sweeper got to it: expire it here, in this transaction, so an
         // approval can never win against a timeout that already passed.
-        let record = expire(&mut request, now);
+        records.push(expire(&mut request, now));
         rows::resolve_approval(connection, &request).await?;
-        append_audit(connection, vec![record], shared, effects).await?;
     }
     let business_date = now.date();
     let debit = rows::load_account_state(connection, &debit_account, business_date)
@@ -1113,21 +1113,18 @@ async fn execute_approval(
         context,
         verdict,
     );
-    let request = match &plan.outcome {
-        ApprovalOutcome::Accepted { request, .. } | ApprovalOutcome::Denied { request, .. } => {
-            request
-        }
-    };
+    let request = plan.outcome.request();
     if let Some(event) = &plan.event {
         rows::insert_approval_event(connection, request.id, event).await?;
     }
-    if plan.resolution.is_some() {
+    if plan.resolves {
         rows::resolve_approval(connection, request).await?;
     }
     if let Some(transfer) = &plan.posting {
         post(connection, transfer, &debit_row, &credit_row, effects).await?;
     }
-    append_audit(connection, plan.records, shared, effects).await?;
+    records.extend(plan.records);
+    append_audit(connection, records, shared, effects).await?;
     Ok(plan.outcome)
 }
 

@@ -1275,15 +1275,11 @@ async fn execute_approval(
         approval_context,
         verdict,
     );
-    let request = match &plan.outcome {
-        ApprovalOutcome::Accepted { request, .. } | ApprovalOutcome::Denied { request, .. } => {
-            request
-        }
-    };
+    let request = plan.outcome.request();
     if let Some(event) = &plan.event {
         rows::insert_approval_event(connection, request.id, event).await?;
     }
-    if plan.resolution.is_some() {
+    if plan.resolves {
         rows::resolve_approval(connection, request).await?;
     }
     if let Some(transfer) = &plan.posting {
