@@ -133,6 +133,7 @@ fn config_for(directory: &Path, store_url: &str, batch_commands_max: usize) -> C
         log: LogConfig::default(),
         role_mapping: countersign::config::default_role_mapping(),
         routes: Vec::new(),
+        admission: None,
     }
 }
 

@@ -46,6 +46,9 @@ pub struct AppState {
     /// `Gateway::build` (a cell, so adding it did not change `AppState::new`).
     pub checkpoint_signer:
         std::sync::OnceLock<Arc<countersign_audit::checkpoint::CheckpointSigner>>,
+    /// The admission webhook's compiled Gatekeeper policies (`[admission]`); unset: the
+    /// webhook answers 409 `admission.not_configured`. Set once by `Gateway::build`.
+    pub admission: std::sync::OnceLock<Arc<http::admission::AdmissionPolicies>>,
     /// Idempotency keys whose first request is still being processed, per caller.
     in_flight: Mutex<HashSet<(String, String)>>,
     /// One reload at a time; requests never wait for it.
@@ -70,6 +73,7 @@ impl AppState {
             metrics,
             keyring: keyring.map(Arc::new),
             checkpoint_signer: std::sync::OnceLock::new(),
+            admission: std::sync::OnceLock::new(),
             in_flight: Mutex::new(HashSet::new()),
             reload_lock: tokio::sync::Mutex::new(()),
             reload_status: Mutex::new(crate::reload::ReloadStatus::default()),
@@ -190,6 +194,11 @@ async fn record_latency(
 /// and the body limit applies before a handler buffers a byte.
 pub fn router(state: Arc<AppState>) -> Router {
     let body_bytes_max = state.config.limits.body_bytes_max;
+    let admission_body_bytes_max = state
+        .config
+        .admission
+        .as_ref()
+        .map_or(body_bytes_max, |admission| admission.body_bytes_max);
     let request_timeout = Duration::from_millis(state.config.limits.request_timeout_ms);
     Router::new()
         .route("/v1/transfers", post(http::transfers::create))
@@ -200,6 +209,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/accounts", post(http::accounts::create))
         .route("/v1/accounts/{id}", get(http::accounts::show))
         .route("/v1/data/{*path}", post(http::opa::data))
+        // The admission webhook (role `admission`). An AdmissionReview carries a whole
+        // Kubernetes object (twice on UPDATE): its own body bound, which replaces the general
+        // one below because the innermost `DefaultBodyLimit` is the one extractors see.
+        .route(
+            "/v1/admission",
+            post(http::admission::review).layer(DefaultBodyLimit::max(admission_body_bytes_max)),
+        )
         .route(
             "/v1/audit/records/{record_id}/input",
             get(http::reveal::reveal),

@@ -71,6 +71,11 @@ pub struct Config {
     /// decided by the policy and, if allowed, forwarded to an upstream. See `proxy`.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// The Kubernetes admission webhook (`POST /v1/admission`): Gatekeeper ConstraintTemplates
+    /// and Constraints evaluated on each `AdmissionReview`. Absent: the route answers 409
+    /// `admission.not_configured`.
+    #[serde(default)]
+    pub admission: Option<AdmissionConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -286,6 +291,83 @@ pub struct EncryptionConfig {
     pub key_file: PathBuf,
 }
 
+/// `[admission]`: the validating admission webhook. The templates and constraints are loaded
+/// and compiled once at start (a change takes a restart, i.e. a rolling update in Kubernetes);
+/// a file that does not load, or paths that hold no Constraint at all, stop the start rather
+/// than serve a webhook that allows everything.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdmissionConfig {
+    /// Files or directories (read recursively) of ConstraintTemplates and Constraints, YAML
+    /// or JSON, as `countersign gatekeeper verify` reads them. Relative to the config file.
+    pub policies: Vec<PathBuf>,
+    /// Largest `AdmissionReview` body accepted (413 beyond). An UPDATE carries the object
+    /// twice. At most 1 MiB: the review is what is sealed in the audit trail, whose fields
+    /// are bounded at that size.
+    #[serde(default = "default_admission_body_bytes_max")]
+    pub body_bytes_max: usize,
+    /// Reviews evaluated at once, each on a blocking thread (Rego is CPU-bound); further
+    /// requests wait for a slot within `limits.request_timeout_ms`. 1..=256.
+    #[serde(default = "default_admission_evaluations_in_flight_max")]
+    pub evaluations_in_flight_max: usize,
+}
+
+/// Bounds of `[admission]`, each named with its unit.
+pub const ADMISSION_BODY_BYTES_MAX_MAX: usize = 1024 * 1024;
+pub const ADMISSION_EVALUATIONS_IN_FLIGHT_MAX_MAX: usize = 256;
+
+fn default_admission_body_bytes_max() -> usize {
+    ADMISSION_BODY_BYTES_MAX_MAX
+}
+fn default_admission_evaluations_in_flight_max() -> usize {
+    4
+}
+
+impl AdmissionConfig {
+    /// Defaults for everything but the policy paths.
+    pub fn new(policies: Vec<PathBuf>) -> AdmissionConfig {
+        AdmissionConfig {
+            policies,
+            body_bytes_max: default_admission_body_bytes_max(),
+            evaluations_in_flight_max: default_admission_evaluations_in_flight_max(),
+        }
+    }
+
+    /// Checks every bound; errors name the key.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.policies.is_empty() {
+            return Err(ConfigError::key(
+                "admission.policies",
+                "must name at least one file or directory of ConstraintTemplates and Constraints",
+            ));
+        }
+        if let Some(index) = self
+            .policies
+            .iter()
+            .position(|path| path.as_os_str().is_empty())
+        {
+            return Err(ConfigError::key(
+                format!("admission.policies[{index}]"),
+                "must be a path",
+            ));
+        }
+        if !(1..=ADMISSION_BODY_BYTES_MAX_MAX).contains(&self.body_bytes_max) {
+            return Err(ConfigError::key(
+                "admission.body_bytes_max",
+                format!("must be 1..={ADMISSION_BODY_BYTES_MAX_MAX} (1 MiB)"),
+            ));
+        }
+        if !(1..=ADMISSION_EVALUATIONS_IN_FLIGHT_MAX_MAX).contains(&self.evaluations_in_flight_max)
+        {
+            return Err(ConfigError::key(
+                "admission.evaluations_in_flight_max",
+                format!("must be 1..={ADMISSION_EVALUATIONS_IN_FLIGHT_MAX_MAX}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Every bound the gateway enforces, named with its unit.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -480,6 +562,7 @@ pub const RESERVED_PATHS: &[&str] = &[
     "/metrics",
     "/console",
     "/v1/audit",
+    "/v1/admission",
 ];
 
 fn default_route_decision() -> String {
@@ -530,6 +613,8 @@ pub const KNOWN_ROLES: &[&str] = &[
     "policy_client",
     // May have one audit record's unmasked input decrypted (`GET /v1/audit/records/{id}/input`).
     "revealer",
+    // The Kubernetes API server calling the admission webhook (`POST /v1/admission`).
+    "admission",
 ];
 
 impl Config {
@@ -588,6 +673,9 @@ impl Config {
         }
         if let Some(path) = self.audit.checkpoints.signing_key_file.as_mut() {
             resolve(path);
+        }
+        if let Some(admission) = self.admission.as_mut() {
+            admission.policies.iter_mut().for_each(resolve);
         }
         if let Some(rest) = self.store.url.strip_prefix("sqlite://")
             && !rest.starts_with('/')
@@ -661,6 +749,9 @@ impl Config {
         }
         self.approvals.validate()?;
         self.audit.checkpoints.validate()?;
+        if let Some(admission) = &self.admission {
+            admission.validate()?;
+        }
         if let Some(kafka) = &self.kafka {
             if !self.store.is_postgres() {
                 return Err(ConfigError::key(
@@ -1155,5 +1246,59 @@ mod tests {
             "audit.encryption.surprise",
         );
         assert!(KNOWN_ROLES.contains(&"revealer"));
+    }
+    #[test]
+    fn admission_is_optional_with_bounds_and_paths_relative_to_the_config() {
+        assert_eq!(Config::from_table(base()).unwrap().admission, None);
+        assert!(KNOWN_ROLES.contains(&"admission"));
+        let mut table = base();
+        table.extend(
+            "[admission]\npolicies = [\"gatekeeper/policies\", \"/srv/extra\"]\n"
+                .parse::<toml::Table>()
+                .unwrap(),
+        );
+        let config = Config::from_table(table)
+            .unwrap()
+            .resolve_paths(Path::new("/etc/countersign"));
+        assert_eq!(
+            config.admission,
+            Some(AdmissionConfig {
+                policies: vec![
+                    PathBuf::from("/etc/countersign/gatekeeper/policies"),
+                    PathBuf::from("/srv/extra"),
+                ],
+                body_bytes_max: 1024 * 1024,
+                evaluations_in_flight_max: 4,
+            })
+        );
+        for (variable, value, key) in [
+            ("POLICIES", "[]", "admission.policies"),
+            ("POLICIES", "[\"\"]", "admission.policies[0]"),
+            ("BODY_BYTES_MAX", "0", "admission.body_bytes_max"),
+            ("BODY_BYTES_MAX", "1048577", "admission.body_bytes_max"),
+            (
+                "EVALUATIONS_IN_FLIGHT_MAX",
+                "0",
+                "admission.evaluations_in_flight_max",
+            ),
+            (
+                "EVALUATIONS_IN_FLIGHT_MAX",
+                "257",
+                "admission.evaluations_in_flight_max",
+            ),
+            ("SURPRISE", "1", "admission.surprise"),
+        ] {
+            let mut env = vec![(
+                "COUNTERSIGN__ADMISSION__POLICIES".to_owned(),
+                "[\"policies\"]".to_owned(),
+            )];
+            env.push((
+                format!("COUNTERSIGN__ADMISSION__{variable}"),
+                value.to_owned(),
+            ));
+            let env: Vec<(&str, &str)> =
+                env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            check_error(&env, key);
+        }
     }
 }

@@ -134,6 +134,8 @@ pub fn dev_config(
         log: LogConfig::default(),
         role_mapping: crate::config::default_role_mapping(),
         routes: Vec::new(),
+        // The webhook is for a cluster's API server; `serve --dev` does not configure it.
+        admission: None,
     };
     (config, pki)
 }

@@ -247,6 +247,11 @@ pub const DEV_CLIENTS: &[DevClient] = &[
         role: "revealer",
         common_name: "revealer-erin",
     },
+    DevClient {
+        file_stem: "admission",
+        role: "admission",
+        common_name: "kube-apiserver",
+    },
 ];
 
 /// Paths of the files `serve --dev` writes.

@@ -32,6 +32,7 @@ use crate::{
     app::{self, AppState, Caller},
     auditor,
     config::Config,
+    http::admission::{AdmissionLoadError, AdmissionPolicies},
     kafka::KafkaPublisher,
     policy::{Bundle, PolicyEngine, TRANSFER_DECISION},
     relay, reload, stream, sweeper,
@@ -61,6 +62,8 @@ pub enum StartError {
     Keyring(#[from] countersign_audit::KeyringError),
     #[error("audit.checkpoints.signing_key_file: {0}")]
     CheckpointKey(#[from] countersign_audit::checkpoint::CheckpointError),
+    #[error("admission.policies: {0}")]
+    Admission(#[from] crate::http::admission::AdmissionLoadError),
 }
 
 /// A gateway ready to serve.
@@ -88,6 +91,11 @@ impl Gateway {
             let policy = policy.clone();
             tokio::task::spawn_blocking(move || crate::http::approvals::prepare_policy(&policy))
         };
+        // The admission webhook's templates compile on another blocking thread meanwhile; a
+        // policy file that does not load stops the start before the store is opened.
+        let admission = config.admission.clone().map(|admission_config| {
+            tokio::task::spawn_blocking(move || AdmissionPolicies::load(&admission_config))
+        });
         // The keyring before the store: a bad key file stops the start before anything is
         // written, and no decision is ever recorded without its sealed input.
         let keyring = match &config.audit.encryption {
@@ -111,6 +119,14 @@ impl Gateway {
                     "audit checkpoint signing key loaded"
                 );
                 Some(Arc::new(signer))
+            }
+            None => None,
+        };
+        let admission = match admission {
+            Some(task) => {
+                Some(Arc::new(task.await.map_err(|error| {
+                    AdmissionLoadError::Task(error.to_string())
+                })??))
             }
             None => None,
         };
@@ -146,6 +162,9 @@ impl Gateway {
         let state = AppState::new(config, Arc::new(store), policy, keyring);
         if let Some(signer) = checkpoint_signer {
             let _ = state.checkpoint_signer.set(signer);
+        }
+        if let Some(admission) = admission {
+            let _ = state.admission.set(admission);
         }
         Ok(Gateway { state, tls })
     }

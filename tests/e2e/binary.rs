@@ -181,3 +181,41 @@ fn invalid_configuration_is_one_error_naming_the_key() {
     assert_eq!(output.status.code(), Some(1));
     assert!(stderr.contains("tls.min_version"), "{stderr}");
 }
+
+#[test]
+fn config_check_validates_without_touching_files_or_services() {
+    let directory = tempfile::TempDir::new().unwrap();
+    let config = directory.path().join("countersign.toml");
+    // Every file it names is missing and the store is unreachable: `config check` reads none.
+    std::fs::write(
+        &config,
+        "listen_address = \"127.0.0.1:0\"\n[tls]\nserver_cert = \"s.crt\"\nserver_key = \"s.key\"\nclient_ca_bundle = \"ca.crt\"\n[policy]\nbundle = \"policies\"\n[store]\nurl = \"sqlite://x.db\"\n",
+    )
+    .unwrap();
+    let check = |env: &[(&str, &str)]| {
+        Command::new(BINARY)
+            .args(["config", "check", "--config"])
+            .arg(&config)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let output = check(&[(
+        "COUNTERSIGN__STORE__URL",
+        "postgres://gateway:hunter2@db.invalid/countersign",
+    )]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert!(
+        stdout.contains(": valid (store postgres://gateway:***@db.invalid/countersign"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("hunter2"), "{stdout}");
+    assert!(!directory.path().join("x.db").exists());
+
+    let output = check(&[("COUNTERSIGN__ADMISSION__POLICIES", "[]")]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(stderr.contains("admission"), "{stderr}");
+    assert!(output.stdout.is_empty());
+}

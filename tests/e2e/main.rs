@@ -2,6 +2,7 @@
 //! and a fresh embedded store per test.
 #![forbid(unsafe_code)]
 
+mod admission;
 mod approvals;
 mod audit_api;
 mod audit_export;

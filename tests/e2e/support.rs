@@ -147,6 +147,7 @@ pub fn test_config(directory: &Path, bundle: PathBuf) -> Config {
         log: LogConfig::default(),
         role_mapping: countersign::config::default_role_mapping(),
         routes: Vec::new(),
+        admission: None,
     }
 }
 

@@ -1,4 +1,5 @@
-//! Command line: `serve`, `audit verify|query|export|keygen`, `test`, `eval`, `bundle build`.
+//! Command line: `serve`, `migrate`, `config check`, `audit verify|query|export|keygen|prune`,
+//! `test`, `eval`, `bundle build`, `gatekeeper verify|test`.
 
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Instant};
 
@@ -8,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 pub mod audit;
 mod bundle;
 mod eval;
+mod gatekeeper;
 mod prune;
 mod test;
 
@@ -47,6 +49,28 @@ pub enum Command {
     Bundle {
         #[command(subcommand)]
         command: bundle::BundleCommand,
+    },
+    /// Configuration tools (`config check`).
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Gatekeeper policy checks like `gator verify` / `gator test` (exit codes: 0 ok,
+    /// 1 a case failed or a deny violation, 2 usage or input error).
+    Gatekeeper {
+        #[command(subcommand)]
+        command: gatekeeper::GatekeeperCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Load and validate a configuration file and the COUNTERSIGN__* variables as `serve`
+    /// does, without reading the files it names or connecting to anything (for CI and
+    /// deployment pipelines). Exit 0 valid, 1 invalid (the message names the key).
+    Check {
+        #[arg(long)]
+        config: PathBuf,
     },
 }
 
@@ -121,6 +145,10 @@ fn run(cli: Cli, started: Instant) -> Result<ExitCode> {
         Command::Test(args) => Ok(test::run(args)),
         Command::Eval(args) => Ok(eval::run(args)),
         Command::Bundle { command } => bundle::run(command),
+        Command::Gatekeeper { command } => Ok(gatekeeper::run(command)),
+        Command::Config {
+            command: ConfigCommand::Check { config },
+        } => config_check(&config),
     }
 }
 
@@ -207,6 +235,24 @@ async fn shutdown_signal() {
         () = terminate => {},
     }
     tracing::info!("shutdown signal received");
+}
+
+fn config_check(path: &std::path::Path) -> Result<ExitCode> {
+    let config = Config::load(path, std::env::vars())?;
+    println!(
+        "{}: valid (store {}, kafka {}, admission webhook {}, {} proxy route(s), {} role mapping(s))",
+        path.display(),
+        redact_url(&config.store.url),
+        if config.kafka.is_some() { "on" } else { "off" },
+        if config.admission.is_some() {
+            "on"
+        } else {
+            "off"
+        },
+        config.routes.len(),
+        config.role_mapping.len(),
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The store a command works on: `--store URL`, the store of `--config`, or the dev store.

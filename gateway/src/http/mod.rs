@@ -2,6 +2,7 @@
 
 pub mod accounts;
 pub mod admin;
+pub mod admission;
 pub mod approvals;
 pub mod audit;
 pub mod error;
