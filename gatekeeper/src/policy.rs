@@ -326,11 +326,21 @@ impl PolicySet {
     ) -> Result<Vec<serde_json::Map<String, Value>>, String> {
         let pooled = lock(&compiled.pool).pop();
         let mut engine = pooled.unwrap_or_else(|| lock(&compiled.prototype).clone());
-        engine.clear_data();
-        if let Some(data) = data {
-            engine
-                .add_data(data)
-                .map_err(|error| format!("loading data.inventory: {error}"))?;
+        // Changing an engine's data makes regorus analyse every module again before the next
+        // evaluation (most of a review's time), so only referential templates' engines, whose
+        // data.inventory changes with each review, ever get data; the others stay prepared.
+        if compiled.template.is_referential() {
+            engine.clear_data();
+            if let Some(data) = data {
+                engine
+                    .add_data(data)
+                    .map_err(|error| format!("loading data.inventory: {error}"))?;
+            }
+        } else {
+            debug_assert!(
+                data.is_none(),
+                "data is only built for referential templates"
+            );
         }
         engine.set_input(input);
         let result = engine.eval_rule(compiled.rule.clone());

@@ -42,7 +42,6 @@ pub struct Template {
     rego: String,
     libs: Vec<String>,
     parameters_schema: Option<Value>,
-    operations: Vec<String>,
     document: Value,
 }
 
@@ -153,17 +152,8 @@ impl Template {
             .pointer("/spec/crd/spec/validation/openAPIV3Schema")
             .filter(|schema| schema.is_object())
             .cloned();
-        let operations = target
-            .get("operations")
-            .and_then(Value::as_array)
-            .map(|operations| {
-                operations
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default();
+        // `targets[0].operations` is not read: Gatekeeper uses it only to generate
+        // ValidatingAdmissionPolicy objects for CEL; its Rego webhook and gator ignore it.
         Ok(Template {
             name,
             kind,
@@ -172,7 +162,6 @@ impl Template {
             rego,
             libs,
             parameters_schema,
-            operations,
             document: doc.clone(),
         })
     }
@@ -206,12 +195,6 @@ impl Template {
     /// `spec.crd.spec.validation.openAPIV3Schema`: the schema of constraints' `spec.parameters`.
     pub fn parameters_schema(&self) -> Option<&Value> {
         self.parameters_schema.as_ref()
-    }
-
-    /// `targets[0].operations`: admission operations the webhook evaluates this template for
-    /// (empty = all). Gatekeeper applies it at the webhook enforcement point only, not in gator.
-    pub fn operations(&self) -> &[String] {
-        &self.operations
     }
 
     /// The document this template was parsed from.
