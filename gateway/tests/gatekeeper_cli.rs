@@ -143,9 +143,16 @@ fn a_passing_suite_exits_0_with_an_ok_line() {
     assert!(output.stdout.starts_with("ok\tlabels/suite.yaml\t"));
     let output = countersign(directory.path(), &["verify", "labels"]);
     assert_eq!(output.code, 0, "{}", output.stdout);
-    // A directory without suites directly in it runs nothing and passes, as gator.
+    assert!(output.stderr.is_empty(), "{}", output.stderr);
+    // A directory without suites directly in it runs nothing and passes, as gator, with a
+    // note on stderr saying so.
     let output = countersign(directory.path(), &["verify", "."]);
     assert_eq!((output.code, output.stdout.as_str()), (0, "PASS\n"));
+    assert!(
+        output.stderr.contains("no Suite file") && output.stderr.contains("DIR/..."),
+        "{}",
+        output.stderr
+    );
 }
 
 #[test]

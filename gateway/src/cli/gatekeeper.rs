@@ -90,6 +90,14 @@ pub fn run(command: GatekeeperCommand) -> ExitCode {
 fn verify(args: &VerifyArgs) -> Result<u8> {
     let filter = suite::Filter::parse(args.run.as_deref().unwrap_or(""))?;
     let report = suite::verify(&args.paths, &filter).context("listing test files")?;
+    if report.counts().suites == 0 {
+        // gator passes silently here; say why nothing ran (stdout stays gator's).
+        eprintln!(
+            "note: no Suite file (kind: Suite, test.gatekeeper.sh) found in {}; a directory is \
+             read without its sub-folders, DIR/... reads them all",
+            args.paths.join(", ")
+        );
+    }
     let mut out = std::io::stdout().lock();
     out.write_all(report.render(args.verbose).as_bytes())?;
     out.flush()?;
@@ -119,9 +127,14 @@ fn test(args: &TestArgs) -> Result<u8> {
     if read_stdin {
         let mut text = String::new();
         std::io::stdin()
-            .take(STDIN_BYTES_MAX)
+            .take(STDIN_BYTES_MAX + 1)
             .read_to_string(&mut text)
             .context("reading standard input")?;
+        if text.len() as u64 > STDIN_BYTES_MAX {
+            bail!(
+                "standard input is larger than {STDIN_BYTES_MAX} bytes; pass the manifests as files with -f"
+            );
+        }
         objects.extend(manifest::read_stream(&stdin_path, &text)?);
     }
     if objects.is_empty() {
