@@ -17,6 +17,8 @@
 //! - [`policy`]: [`PolicySet`] — one regorus engine per template, compiled once, pooled per
 //!   evaluation, bounded by an execution timer — and [`Violation`] / [`ReviewOutcome`].
 //! - [`load`]: reading YAML/JSON files and directories into documents.
+//! - `yaml` (private): the one reader of policy text — file size bound, YAML decoding with a
+//!   bound on alias expansion.
 //! - [`error`]: the one [`Error`] type with stable machine codes ([`Error::code`]).
 //! - [`suite`], [`manifest`]: gator `verify` (Suite files) and gator `test` (manifests).
 //!
@@ -36,6 +38,7 @@ mod rego_refs;
 pub mod review;
 mod schema;
 pub mod template;
+mod yaml;
 
 pub mod manifest;
 pub mod suite;

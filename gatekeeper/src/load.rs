@@ -93,45 +93,36 @@ fn walk(directory: &Path, depth: usize, found: &mut Vec<PathBuf>) -> Result<(), 
     Ok(())
 }
 
-/// Every document of every policy file under `paths`, in order.
+/// Every non-empty document of every policy file under `paths`, in order. Files are
+/// bounded in size and in what their YAML aliases may expand to (see `crate::yaml`).
 pub fn read_documents(paths: &[PathBuf]) -> Result<Vec<Document>, Error> {
     let mut documents = Vec::new();
     for path in policy_files(paths)? {
-        let text = std::fs::read_to_string(&path).map_err(|error| Error::Io {
+        let text = crate::yaml::read_text(&path)?;
+        let parsed = parse_documents(&text).map_err(|(index, message)| Error::Yaml {
             path: path.clone(),
-            message: error.to_string(),
+            document: index,
+            message,
         })?;
-        for (index, value) in parse_documents(&text)
-            .map_err(|(index, message)| Error::Yaml {
-                path: path.clone(),
-                document: index,
-                message,
-            })?
-            .into_iter()
-            .enumerate()
-        {
-            documents.push(Document {
-                path: path.clone(),
-                index: index + 1,
-                value,
-            });
-        }
+        documents.extend(parsed.into_iter().map(|(index, value)| Document {
+            path: path.clone(),
+            index,
+            value,
+        }));
     }
     Ok(documents)
 }
 
-/// Splits YAML (a superset of JSON) into its non-empty documents. The error carries the
-/// 1-based document number.
-pub fn parse_documents(text: &str) -> Result<Vec<Value>, (usize, String)> {
-    use serde::Deserialize;
-    let mut values = Vec::new();
-    for (index, document) in serde_norway::Deserializer::from_str(text).enumerate() {
-        let value = Value::deserialize(document).map_err(|error| (index + 1, error.to_string()))?;
-        if !value.is_null() {
-            values.push(value);
-        }
-    }
-    Ok(values)
+/// Splits YAML (a superset of JSON) into its non-empty documents, each with its 1-based
+/// position in the text (empty documents count, so the number is the one an editor shows).
+/// The error carries the number of the document at fault.
+pub fn parse_documents(text: &str) -> Result<Vec<(usize, Value)>, (usize, String)> {
+    Ok(crate::yaml::documents(text)?
+        .into_iter()
+        .enumerate()
+        .filter(|(_, value)| !value.is_null())
+        .map(|(index, value)| (index + 1, value))
+        .collect())
 }
 
 #[cfg(test)]
@@ -139,15 +130,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn multi_document_yaml_skips_empty_documents() {
+    fn multi_document_yaml_skips_empty_documents_but_counts_them() {
         let values = parse_documents("a: 1\n---\n---\nb: [1, 2]\n").unwrap();
         assert_eq!(
             values,
             vec![
-                serde_json::json!({"a": 1}),
-                serde_json::json!({"b": [1, 2]})
+                (1, serde_json::json!({"a": 1})),
+                (3, serde_json::json!({"b": [1, 2]}))
             ]
         );
         assert_eq!(parse_documents("a: 1\n---\nb: [\n").unwrap_err().0, 2);
+    }
+
+    #[test]
+    fn documents_are_numbered_as_in_the_file() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("policies.yaml");
+        std::fs::write(
+            &path,
+            "---\n# header only\n---\nkind: A\n---\n---\nkind: B\n",
+        )
+        .unwrap();
+        let documents = read_documents(std::slice::from_ref(&path)).unwrap();
+        let numbers: Vec<usize> = documents.iter().map(|document| document.index).collect();
+        assert_eq!(numbers, [2, 4]);
     }
 }

@@ -22,7 +22,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::{Constraint, EnforcementAction, Error, Inventory, PolicySet, Review, Template};
@@ -31,8 +31,9 @@ use crate::{Constraint, EnforcementAction, Error, Inventory, PolicySet, Review, 
 const TARGET_NAME: &str = "admission.k8s.gatekeeper.sh";
 const TEMPLATE_GROUP: &str = "templates.gatekeeper.sh";
 const CONSTRAINT_GROUP: &str = "constraints.gatekeeper.sh";
-/// Files larger than this are refused rather than read into memory.
-const INPUT_FILE_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// Inputs (files, or a stream the caller reads) larger than this are refused rather than
+/// read into memory.
+pub const INPUT_BYTES_MAX: u64 = crate::yaml::FILE_BYTES_MAX;
 
 /// One object read from the inputs, with where it came from (for error messages).
 #[derive(Debug, Clone)]
@@ -64,7 +65,7 @@ pub fn read_inputs(paths: &[PathBuf]) -> Result<Vec<SourceObject>, Error> {
             });
         };
         for file in files {
-            let text = read_text(&file)?;
+            let text = crate::yaml::read_text(&file)?;
             objects.extend(read_stream(&file, &text)?);
         }
     }
@@ -105,21 +106,6 @@ fn walk(directory: &Path, files: &mut Vec<PathBuf>) -> Result<(), Error> {
     Ok(())
 }
 
-fn read_text(path: &Path) -> Result<String, Error> {
-    let io = |message: String| Error::Io {
-        path: path.to_path_buf(),
-        message,
-    };
-    let metadata = std::fs::metadata(path).map_err(|error| io(error.to_string()))?;
-    if metadata.len() > INPUT_FILE_BYTES_MAX {
-        return Err(io(format!(
-            "larger than the limit of {INPUT_FILE_BYTES_MAX} bytes"
-        )));
-    }
-    let bytes = std::fs::read(path).map_err(|error| io(error.to_string()))?;
-    String::from_utf8(bytes).map_err(|_| io("not UTF-8 text".into()))
-}
-
 /// The objects in one file or stream, like Kubernetes' YAML-or-JSON decoder: text starting
 /// with `{` is a stream of JSON objects, anything else YAML documents. Empty documents are
 /// skipped; a document that is not a mapping is an error naming its number.
@@ -129,22 +115,18 @@ pub fn read_stream(path: &Path, text: &str) -> Result<Vec<SourceObject>, Error> 
         document,
         message,
     };
-    let mut values = Vec::new();
-    if text.trim_start().starts_with('{') {
+    let values = if text.trim_start().starts_with('{') {
+        let mut values = Vec::new();
         for (index, value) in serde_json::Deserializer::from_str(text)
             .into_iter::<Value>()
             .enumerate()
         {
             values.push(value.map_err(|error| yaml_error(index + 1, error.to_string()))?);
         }
+        values
     } else {
-        for (index, document) in serde_norway::Deserializer::from_str(text).enumerate() {
-            values.push(
-                Value::deserialize(document)
-                    .map_err(|error| yaml_error(index + 1, error.to_string()))?,
-            );
-        }
-    }
+        crate::yaml::documents(text).map_err(|(index, message)| yaml_error(index, message))?
+    };
     let mut objects = Vec::new();
     for (index, value) in values.into_iter().enumerate() {
         match value {
@@ -447,7 +429,7 @@ pub fn test(objects: &[SourceObject]) -> Result<TestReport, Error> {
         let review = Review::from_object(&source.object)
             .map_err(|error| error.in_document(&source.path, source.document))?;
         let review = match namespace_for(&source.object, &namespaces) {
-            Some(namespace) => review.with_namespace_object(namespace),
+            Some(namespace) => review.with_match_namespace(namespace),
             None => review,
         };
         let outcome = policy
@@ -484,10 +466,8 @@ pub fn test(objects: &[SourceObject]) -> Result<TestReport, Error> {
 /// `NamespaceForResource`). A Namespace among the inputs is found through the inventory
 /// (Gatekeeper's namespace cache, which the policy set consults): `None` here. gator adds
 /// two of its own: a cluster-scoped object gets an empty Namespace (so a `namespaceSelector`
-/// is matched against no labels), and `default` exists even when not given.
-///
-/// Known difference: handing these two to [`Review::with_namespace_object`] also sets
-/// `input.review.namespaceObject`, which gator leaves `null`.
+/// is matched against no labels), and `default` exists even when not given. They are only
+/// matched with: `input.review.namespaceObject` stays `null`, as in gator.
 fn namespace_for(object: &Value, namespaces: &[&str]) -> Option<Value> {
     let namespace = metadata_field(object, "namespace");
     if namespace.is_empty() {

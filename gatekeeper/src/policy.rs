@@ -17,7 +17,7 @@
 //! clone of the prototype when the pool is empty — cheap, the compiled modules are shared)
 //! and put it back afterwards, so concurrent webhook requests do not serialise on one lock.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -75,6 +75,15 @@ pub struct ReviewOutcome {
     /// Names of matching constraints of referential templates that were not evaluated
     /// because no inventory was given.
     pub skipped_referential: Vec<String>,
+}
+
+/// Where a review happens: frameworks applies some rules at one enforcement point only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EnforcementPoint {
+    /// `gator.gatekeeper.sh`: `gatekeeper verify` / `test`.
+    Gator,
+    /// `validation.gatekeeper.sh`: the admission webhook (template operations apply).
+    Webhook,
 }
 
 struct CompiledTemplate {
@@ -213,7 +222,24 @@ impl PolicySet {
         review: &Review,
         inventory: Option<&Inventory>,
     ) -> Result<ReviewOutcome, Error> {
-        let namespace = review.namespace_object().or_else(|| {
+        self.review_at(review, inventory, EnforcementPoint::Gator)
+    }
+
+    /// Reviews an admission request as Gatekeeper's validating webhook does: as
+    /// [`PolicySet::review`] without an inventory, and only with templates whose
+    /// `targets[0].operations` include the request's operation
+    /// ([`Template::matches_operation`]; gator does not apply that filter).
+    pub fn review_admission(&self, review: &Review) -> Result<ReviewOutcome, Error> {
+        self.review_at(review, None, EnforcementPoint::Webhook)
+    }
+
+    fn review_at(
+        &self,
+        review: &Review,
+        inventory: Option<&Inventory>,
+        enforcement_point: EnforcementPoint,
+    ) -> Result<ReviewOutcome, Error> {
+        let namespace = review.match_namespace().or_else(|| {
             let name = review.namespace();
             if name.is_empty() {
                 None
@@ -230,6 +256,11 @@ impl PolicySet {
                 .templates
                 .get(kind)
                 .expect("constraints are only added for known templates");
+            if enforcement_point == EnforcementPoint::Webhook
+                && !compiled.template.matches_operation(review.operation())
+            {
+                continue;
+            }
             let matched = constraint.matcher().matches_review(
                 review.object(),
                 review.old_object(),
@@ -290,6 +321,9 @@ impl PolicySet {
                     continue;
                 }
             };
+            // Gatekeeper's hook turns each element `r` into `{"key", "details", "msg"}` and
+            // collects those in a set: elements alike in `msg` and `details` are one result.
+            let mut seen: BTreeSet<(String, String)> = BTreeSet::new();
             for result in results {
                 // `r.msg` undefined drops the result (the hook's body fails); a non-string msg
                 // fails the whole query in frameworks' `ToResult`.
@@ -303,12 +337,16 @@ impl PolicySet {
                         message: format!("extracting message binding: msg is not a string: {msg}"),
                     });
                 };
+                let details = result.get("details").cloned().unwrap_or_else(|| json!({}));
+                if !seen.insert((msg.clone(), details.to_string())) {
+                    continue;
+                }
                 outcome.violations.push(Violation {
                     constraint_kind: kind.clone(),
                     constraint_name: name.clone(),
                     enforcement_action: constraint.enforcement_action(),
                     msg: msg.clone(),
-                    details: result.get("details").cloned().unwrap_or_else(|| json!({})),
+                    details,
                 });
             }
         }

@@ -24,7 +24,8 @@ use crate::error::Error;
 #[derive(Debug, Clone)]
 pub struct Review {
     value: Value,
-    namespace_object: Option<Value>,
+    /// The Namespace `spec.match` is judged with (shown to the Rego or not).
+    match_namespace: Option<Value>,
 }
 
 fn invalid(message: impl Into<String>) -> Error {
@@ -78,7 +79,7 @@ impl Review {
         request.insert("namespaceObject".into(), Value::Null);
         Ok(Review {
             value: Value::Object(request),
-            namespace_object: None,
+            match_namespace: None,
         })
     }
 
@@ -207,7 +208,7 @@ impl Review {
         out.insert("namespaceObject".into(), Value::Null);
         Ok(Review {
             value: Value::Object(out),
-            namespace_object: None,
+            match_namespace: None,
         })
     }
 
@@ -217,7 +218,15 @@ impl Review {
         if let Value::Object(review) = &mut self.value {
             review.insert("namespaceObject".into(), ns.clone());
         }
-        self.namespace_object = Some(ns);
+        self.match_namespace = Some(ns);
+        self
+    }
+
+    /// Supplies a Namespace to *match* with (`namespaceSelector`, `namespaces`, `scope`)
+    /// without showing it to the Rego: gator's `AugmentedUnstructured.Namespace`, which
+    /// leaves `input.review.namespaceObject` `null`.
+    pub(crate) fn with_match_namespace(mut self, ns: Value) -> Review {
+        self.match_namespace = Some(ns);
         self
     }
 
@@ -252,8 +261,8 @@ impl Review {
             .filter(|object| !object.is_null())
     }
 
-    pub(crate) fn namespace_object(&self) -> Option<&Value> {
-        self.namespace_object.as_ref()
+    pub(crate) fn match_namespace(&self) -> Option<&Value> {
+        self.match_namespace.as_ref()
     }
 
     fn field_str(&self, field: &str) -> &str {

@@ -42,6 +42,7 @@ pub struct Template {
     rego: String,
     libs: Vec<String>,
     parameters_schema: Option<Value>,
+    operations: Vec<String>,
     document: Value,
 }
 
@@ -152,8 +153,25 @@ impl Template {
             .pointer("/spec/crd/spec/validation/openAPIV3Schema")
             .filter(|schema| schema.is_object())
             .cloned();
-        // `targets[0].operations` is not read: Gatekeeper uses it only to generate
-        // ValidatingAdmissionPolicy objects for CEL; its Rego webhook and gator ignore it.
+        // `targets[0].operations` limits which admission operations the *webhook* evaluates
+        // the template for (frameworks `templateClient.MatchesOperation`, applied only at the
+        // `validation.gatekeeper.sh` enforcement point); gator ignores it.
+        let operations = match target.get("operations") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(operations)) => operations
+                .iter()
+                .map(|operation| {
+                    operation.as_str().map(str::to_owned).ok_or_else(|| {
+                        invalid("targets[0].operations must be a list of strings".into())
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => {
+                return Err(invalid(
+                    "targets[0].operations must be a list of strings".into(),
+                ));
+            }
+        };
         Ok(Template {
             name,
             kind,
@@ -162,6 +180,7 @@ impl Template {
             rego,
             libs,
             parameters_schema,
+            operations,
             document: doc.clone(),
         })
     }
@@ -195,6 +214,22 @@ impl Template {
     /// `spec.crd.spec.validation.openAPIV3Schema`: the schema of constraints' `spec.parameters`.
     pub fn parameters_schema(&self) -> Option<&Value> {
         self.parameters_schema.as_ref()
+    }
+
+    /// `targets[0].operations`: the admission operations Gatekeeper's webhook evaluates this
+    /// template for (empty: all). gator ignores it.
+    pub fn operations(&self) -> &[String] {
+        &self.operations
+    }
+
+    /// Whether the webhook evaluates this template for `operation` (`CREATE`, `UPDATE`, …):
+    /// yes when no operations are listed, when `operation` is listed, or when `*` is.
+    pub fn matches_operation(&self, operation: &str) -> bool {
+        self.operations.is_empty()
+            || self
+                .operations
+                .iter()
+                .any(|listed| listed == operation || listed == "*")
     }
 
     /// The document this template was parsed from.

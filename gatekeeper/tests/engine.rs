@@ -670,3 +670,43 @@ fn policy_set_is_send_and_sync() {
     assert_send_sync::<Review>();
     assert_send_sync::<Inventory>();
 }
+
+#[test]
+fn results_differing_only_outside_msg_and_details_are_one_violation() {
+    // Gatekeeper's hook builds `{"key", "details", "msg"}` from each element of the template's
+    // `violation` set and collects them in a set: elements that differ only in other fields
+    // are one result. Elements without `msg`, and non-objects, are dropped.
+    let rego = "package k8sdup\nviolation[{\"msg\": \"same\", \"extra\": n}] { n := [1, 2][_] }\nviolation[{\"msg\": \"other\", \"details\": {\"n\": n}}] { n := [1, 2][_] }\nviolation[{\"no_msg\": true}] { true }\nviolation[\"a string\"] { true }\n";
+    let mut messages = single(code_template("K8sDup", None, rego, &[]), &pod("prod")).unwrap();
+    messages.sort();
+    assert_eq!(messages, ["other", "other", "same"]);
+}
+
+#[test]
+fn template_operations_limit_the_webhook_only() {
+    let mut document = yaml(OPERATION);
+    document["spec"]["targets"][0]["operations"] = json!(["CREATE"]);
+    let mut set = PolicySet::new();
+    set.add_template(Template::from_value(&document).unwrap())
+        .unwrap();
+    set.add_constraint(constraint("K8sOperation", "op", json!({})))
+        .unwrap();
+    let pod = pod("prod");
+    let review = |operation: &str| {
+        Review::from_admission_review(&admission(operation, pod.clone(), pod.clone())).unwrap()
+    };
+    let count = |outcome: countersign_gatekeeper::ReviewOutcome| outcome.violations.len();
+    assert_eq!(count(set.review_admission(&review("CREATE")).unwrap()), 1);
+    assert_eq!(count(set.review_admission(&review("UPDATE")).unwrap()), 0);
+    // gator (verify / test) evaluates every template whatever its operations.
+    assert_eq!(count(set.review(&review("UPDATE"), None).unwrap()), 1);
+
+    document["spec"]["targets"][0]["operations"] = json!(["*"]);
+    let any = Template::from_value(&document).unwrap();
+    assert!(any.matches_operation("DELETE"));
+    document["spec"]["targets"][0]["operations"] = json!("CREATE");
+    assert_eq!(
+        Template::from_value(&document).unwrap_err().code(),
+        "template.invalid"
+    );
+}

@@ -242,3 +242,69 @@ fn input_errors_name_the_file() {
     assert!(error.to_string().contains("constraint.yaml"), "{error}");
     assert!(Path::new(&directory.0).exists());
 }
+
+#[test]
+fn alias_bomb_input_is_refused_with_its_file_and_document() {
+    let directory = TempDir::new();
+    let mut text = String::from("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ok}\n---\n");
+    text.push_str("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: bomb}\ndata:\n");
+    text.push_str("  a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+    for level in 1..12 {
+        let items = vec![format!("*a{}", level - 1); 10].join(", ");
+        text.push_str(&format!("  a{level}: &a{level} [{items}]\n"));
+    }
+    let path = directory.write("bomb.yaml", &text);
+    let error = manifest::read_inputs(&[path]).unwrap_err();
+    assert_eq!(error.code(), "yaml.invalid");
+    let message = error.to_string();
+    assert!(message.contains("bomb.yaml (document 2)"), "{message}");
+}
+
+#[test]
+fn namespace_object_stays_null_as_in_gator() {
+    // gator matches with the Namespace it derives (empty for a cluster-scoped object,
+    // `default` when not given) but never hands it to the Rego.
+    let template = r#"apiVersion: templates.gatekeeper.sh/v1
+kind: ConstraintTemplate
+metadata:
+  name: k8snamespaceobject
+spec:
+  crd:
+    spec:
+      names:
+        kind: K8sNamespaceObject
+  targets:
+    - target: admission.k8s.gatekeeper.sh
+      rego: |
+        package k8snamespaceobject
+
+        violation[{"msg": msg}] {
+          input.review.object.kind == "ConfigMap"
+          msg := sprintf("%v", [input.review.namespaceObject])
+        }
+---
+apiVersion: constraints.gatekeeper.sh/v1beta1
+kind: K8sNamespaceObject
+metadata:
+  name: show
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: in-default
+  namespace: default
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: cluster-wide
+"#;
+    let objects = manifest::read_stream(Path::new("in.yaml"), template).unwrap();
+    let report = manifest::test(&objects).unwrap();
+    let messages: Vec<&str> = report
+        .findings
+        .iter()
+        .map(|finding| finding.msg.as_str())
+        .collect();
+    assert_eq!(messages, ["null", "null"]);
+}

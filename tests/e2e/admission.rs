@@ -51,13 +51,15 @@ spec:
         kind: TestProtected
   targets:
     - target: admission.k8s.gatekeeper.sh
+      # Only DELETE reaches this template at the webhook (frameworks `MatchesOperation`);
+      # for a DELETE, Gatekeeper reviews the existing object as `object`.
+      operations: ["DELETE"]
       rego: |
         package testprotected
 
         violation[{"msg": msg}] {
-          input.review.operation == "DELETE"
-          input.review.oldObject.metadata.labels.protected == "true"
-          msg := sprintf("%v %v is protected", [input.review.kind.kind, input.review.oldObject.metadata.name])
+          input.review.object.metadata.labels.protected == "true"
+          msg := sprintf("%v %v is protected", [input.review.kind.kind, input.review.object.metadata.name])
         }
 ---
 # Referential: reads data.inventory, which the webhook does not have.
@@ -245,6 +247,21 @@ fn config_map(name: &str, namespace: &str, labels: Value) -> Value {
     })
 }
 
+/// A running Pod, with or without the ephemeral container `kubectl debug` adds.
+fn debugged_pod(debugged: bool) -> Value {
+    let mut pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "api-7d4b9c-x2x7q", "namespace": "payments", "labels": {"app": "api"}},
+        "spec": {"containers": [{"name": "api", "image": "registry.bank.example/payments/api:1"}]},
+    });
+    if debugged {
+        pod["spec"]["ephemeralContainers"] =
+            json!([{"name": "debugger", "image": "busybox:1.36", "targetContainerName": "api"}]);
+    }
+    pod
+}
+
 const DEPLOYMENT: (&str, &str, &str) = ("apps", "v1", "Deployment");
 const CONFIG_MAP: (&str, &str, &str) = ("", "v1", "ConfigMap");
 
@@ -297,25 +314,95 @@ fn violation(kind: &str, name: &str, action: &str, msg: &str) -> Value {
     json!({"constraint_kind": kind, "constraint_name": name, "enforcement_action": action, "msg": msg})
 }
 
-/// What the audit record shows of a request: never the object's contents.
-fn summary(
-    uid: &str,
-    kind: (&str, &str, &str),
-    namespace: &str,
-    name: &str,
-    operation: &str,
-) -> Value {
-    json!({
-        "uid": uid,
-        "api_version": "admission.k8s.io/v1",
-        "kind": {"group": kind.0, "version": kind.1, "kind": kind.2},
-        "sub_resource": null,
-        "namespace": namespace,
-        "name": name,
-        "operation": operation,
-        "user": "system:serviceaccount:ci:deployer",
-        "dry_run": false,
-    })
+/// One review of the decision table: the request as the API server sends it, and what must
+/// come back and be audited.
+struct Case {
+    what: &'static str,
+    uid: &'static str,
+    operation: &'static str,
+    kind: (&'static str, &'static str, &'static str),
+    resource: &'static str,
+    namespace: &'static str,
+    object: Value,
+    old_object: Value,
+    /// Fields set on top of the request (`dryRun`, `subResource`), and the review's
+    /// `apiVersion` (`admission.k8s.io/v1` when `None`).
+    request_fields: Value,
+    api_version: Option<&'static str>,
+    /// The response's fields besides `uid` and `auditAnnotations`.
+    answer: Value,
+    outcome: Outcome,
+    /// The record's violations, dryrun ones included, in the engine's order.
+    violations: Value,
+    skipped_referential: Value,
+}
+
+impl Case {
+    fn body(&self) -> Value {
+        let mut body = admission_review(
+            self.uid,
+            self.operation,
+            self.kind,
+            self.resource,
+            self.namespace,
+            self.object.clone(),
+            self.old_object.clone(),
+        );
+        if let Some(fields) = self.request_fields.as_object() {
+            for (field, value) in fields {
+                body["request"][field] = value.clone();
+            }
+        }
+        if let Some(api_version) = self.api_version {
+            body["apiVersion"] = json!(api_version);
+        }
+        body
+    }
+
+    /// What the audit record shows of the request: who did what to which object, never the
+    /// object's contents.
+    fn summary(&self) -> Value {
+        let object = if self.operation == "DELETE" {
+            &self.old_object
+        } else {
+            &self.object
+        };
+        json!({
+            "uid": self.uid,
+            "api_version": self.api_version.unwrap_or("admission.k8s.io/v1"),
+            "kind": {"group": self.kind.0, "version": self.kind.1, "kind": self.kind.2},
+            "sub_resource": self.request_fields.get("subResource"),
+            "namespace": self.namespace,
+            "name": object["metadata"]["name"],
+            "operation": self.operation,
+            "user": "system:serviceaccount:ci:deployer",
+            "dry_run": self.request_fields.get("dryRun").unwrap_or(&json!(false)),
+        })
+    }
+}
+
+/// Posts the case's review and checks the whole answer and the whole audit record.
+async fn check(app: &TestApp, case: &Case) {
+    let (response, record) = review(app, &case.body()).await;
+    let mut expected = expected_review(case.uid, &record, case.answer.clone());
+    if let Some(api_version) = case.api_version {
+        expected["apiVersion"] = json!(api_version);
+    }
+    assert_eq!(response, expected, "{}: the answer", case.what);
+    let result = json!({
+        "allowed": case.answer["allowed"],
+        "status_code": case.answer["status"]["code"],
+        "violations": case.violations,
+        "skipped_referential": case.skipped_referential,
+    });
+    check_record(
+        app,
+        &record,
+        case.outcome,
+        case.summary(),
+        result,
+        case.what,
+    );
 }
 
 fn check_record(
@@ -324,54 +411,101 @@ fn check_record(
     outcome: Outcome,
     input: Value,
     result: Value,
+    what: &str,
 ) {
     let record = &record.record;
-    assert_eq!(record.kind, RecordKind::Decision);
-    assert_eq!(record.action, "admission.review");
-    assert_eq!(record.outcome, outcome);
-    assert_eq!(record.masked_input, input);
-    assert_eq!(record.result, result);
+    assert_eq!(record.kind, RecordKind::Decision, "{what}");
+    assert_eq!(record.action, "admission.review", "{what}");
+    assert_eq!(record.outcome, outcome, "{what}");
+    assert_eq!(
+        record.masked_input, input,
+        "{what}: the record's request summary"
+    );
+    assert_eq!(record.result, result, "{what}: the record's result");
     assert_eq!(
         record.subject.fingerprint_sha256,
-        fingerprint(&app.pki.clients["admission"].certificate_pem)
+        fingerprint(&app.pki.clients["admission"].certificate_pem),
+        "{what}"
     );
-    assert_eq!(record.subject.roles, ["admission"]);
+    assert_eq!(record.subject.roles, ["admission"], "{what}");
     assert_eq!(
         record.bundle_revision,
-        app.state.admission.get().unwrap().revision()
+        app.state.admission.get().unwrap().revision(),
+        "{what}"
     );
     assert!(
         record.bundle_revision.starts_with("sha256:"),
-        "{}",
+        "{what}: {}",
         record.bundle_revision
     );
 }
 
+/// The decision table: CREATE, UPDATE and DELETE (of the existing object, `oldObject`), deny,
+/// warn, dryrun, no match, excluded namespace, a referential constraint skipped, a dry-run
+/// request, a subresource and v1beta1, each answered as Gatekeeper answers and audited.
 #[tokio::test(flavor = "multi_thread")]
-async fn create_and_update_are_answered_as_gatekeeper_answers_and_audited() {
+async fn reviews_are_answered_as_gatekeeper_answers_and_audited() {
     let policies = write_policies(TEMPLATES, CONSTRAINTS);
     let app = spawn_with_policies(policies.path()).await;
-    let skipped = json!(["unique-deployment-names"]);
-
-    // CREATE without labels: the deny constraint refuses, the warn constraint warns, the
-    // dryrun one is only audited, the referential one is skipped.
-    let uid = "7a1f5c9e-0b7d-4d0e-9a51-2d8f3c6b1e01";
-    let body = admission_review(
+    let skipped = || json!(["unique-deployment-names"]);
+    let dryrun_cost_center = || {
+        violation(
+            "TestRequiredLabels",
+            "deployments-may-name-cost-center",
+            "dryrun",
+            "the cost-center label is required",
+        )
+    };
+    let warn_team = || {
+        violation(
+            "TestRequiredLabels",
+            "deployments-should-name-team",
+            "warn",
+            "the team label is required",
+        )
+    };
+    let deny_owner = || {
+        violation(
+            "TestRequiredLabels",
+            "deployments-need-owner",
+            "deny",
+            "the owner label is required",
+        )
+    };
+    let refused_for_owner = || {
+        json!({
+            "allowed": false,
+            "status": {
+                "code": 403,
+                "reason": "Forbidden",
+                "message": "[deployments-need-owner] the owner label is required",
+            },
+        })
+    };
+    let allowed = || json!({"allowed": true, "status": {"code": 200}});
+    let owner = || json!({"owner": "payments-team"});
+    let labelled =
+        || json!({"owner": "payments-team", "team": "payments", "cost-center": "cc-4711"});
+    let protected = || json!({"protected": "true"});
+    let case = |what, uid, operation, kind, resource, namespace, object, old_object| Case {
+        what,
         uid,
-        "CREATE",
-        DEPLOYMENT,
-        "deployments",
-        "payments",
-        deployment("api", json!({})),
-        Value::Null,
-    );
-    let (response, record) = review(&app, &body).await;
-    assert_eq!(
-        response,
-        expected_review(
-            uid,
-            &record,
-            json!({
+        operation,
+        kind,
+        resource,
+        namespace,
+        object,
+        old_object,
+        request_fields: json!({}),
+        api_version: None,
+        answer: allowed(),
+        outcome: Outcome::Allow,
+        violations: json!([]),
+        skipped_referential: json!([]),
+    };
+    let cases = [
+        Case {
+            answer: json!({
                 "allowed": false,
                 "status": {
                     "code": 403,
@@ -379,169 +513,232 @@ async fn create_and_update_are_answered_as_gatekeeper_answers_and_audited() {
                     "message": "[deployments-need-owner] the owner label is required",
                 },
                 "warnings": ["[deployments-should-name-team] the team label is required"],
-            })
-        )
-    );
-    check_record(
-        &app,
-        &record,
-        Outcome::Deny,
-        summary(uid, DEPLOYMENT, "payments", "api", "CREATE"),
-        json!({
-            "allowed": false,
-            "status_code": 403,
-            "violations": [
-                violation("TestRequiredLabels", "deployments-may-name-cost-center", "dryrun", "the cost-center label is required"),
-                violation("TestRequiredLabels", "deployments-need-owner", "deny", "the owner label is required"),
-                violation("TestRequiredLabels", "deployments-should-name-team", "warn", "the team label is required"),
-            ],
-            "skipped_referential": skipped,
-        }),
-    );
-
-    // UPDATE adding the owner: allowed with the warning (status 299, as Gatekeeper).
-    let uid = "7a1f5c9e-0b7d-4d0e-9a51-2d8f3c6b1e02";
-    let body = admission_review(
-        uid,
-        "UPDATE",
-        DEPLOYMENT,
-        "deployments",
-        "payments",
-        deployment("api", json!({"owner": "payments-team"})),
-        deployment("api", json!({})),
-    );
-    let (response, record) = review(&app, &body).await;
-    assert_eq!(
-        response,
-        expected_review(
-            uid,
-            &record,
-            json!({
+            }),
+            outcome: Outcome::Deny,
+            violations: json!([
+                dryrun_cost_center(),
+                violation(
+                    "TestRequiredLabels",
+                    "deployments-need-owner",
+                    "deny",
+                    "the owner label is required"
+                ),
+                warn_team(),
+            ]),
+            skipped_referential: skipped(),
+            ..case(
+                "CREATE without labels: deny refuses, warn warns, dryrun only audited, referential skipped",
+                "7a1f5c9e-0b7d-4d0e-9a51-2d8f3c6b1e01",
+                "CREATE",
+                DEPLOYMENT,
+                "deployments",
+                "payments",
+                deployment("api", json!({})),
+                Value::Null,
+            )
+        },
+        Case {
+            answer: json!({
                 "allowed": true,
                 "status": {"code": 299},
                 "warnings": ["[deployments-should-name-team] the team label is required"],
-            })
-        )
-    );
-    check_record(
-        &app,
-        &record,
-        Outcome::Allow,
-        summary(uid, DEPLOYMENT, "payments", "api", "UPDATE"),
-        json!({
-            "allowed": true,
-            "status_code": 299,
-            "violations": [
-                violation("TestRequiredLabels", "deployments-may-name-cost-center", "dryrun", "the cost-center label is required"),
-                violation("TestRequiredLabels", "deployments-should-name-team", "warn", "the team label is required"),
-            ],
-            "skipped_referential": skipped,
-        }),
-    );
-
-    // UPDATE with owner and team: a dryrun violation alone changes nothing in the answer.
-    let uid = "7a1f5c9e-0b7d-4d0e-9a51-2d8f3c6b1e03";
-    let body = admission_review(
-        uid,
-        "UPDATE",
-        DEPLOYMENT,
-        "deployments",
-        "payments",
-        deployment("api", json!({"owner": "payments-team", "team": "payments"})),
-        deployment("api", json!({"owner": "payments-team"})),
-    );
-    let (response, record) = review(&app, &body).await;
-    assert_eq!(
-        response,
-        expected_review(
-            uid,
-            &record,
-            json!({"allowed": true, "status": {"code": 200}})
-        )
-    );
-    assert_eq!(record.record.outcome, Outcome::Allow);
-    assert_eq!(
-        record.record.result["violations"],
-        json!([violation(
-            "TestRequiredLabels",
-            "deployments-may-name-cost-center",
-            "dryrun",
-            "the cost-center label is required"
-        )])
-    );
-
-    // Fully labelled: no violation at all.
-    let uid = "7a1f5c9e-0b7d-4d0e-9a51-2d8f3c6b1e04";
-    let labels = json!({"owner": "payments-team", "team": "payments", "cost-center": "cc-4711"});
-    let body = admission_review(
-        uid,
-        "CREATE",
-        DEPLOYMENT,
-        "deployments",
-        "payments",
-        deployment("ledger", labels.clone()),
-        Value::Null,
-    );
-    let (response, record) = review(&app, &body).await;
-    assert_eq!(
-        response,
-        expected_review(
-            uid,
-            &record,
-            json!({"allowed": true, "status": {"code": 200}})
-        )
-    );
-    check_record(
-        &app,
-        &record,
-        Outcome::Allow,
-        summary(uid, DEPLOYMENT, "payments", "ledger", "CREATE"),
-        json!({"allowed": true, "status_code": 200, "violations": [], "skipped_referential": skipped}),
-    );
-
-    // An object no constraint matches.
-    let uid = "7a1f5c9e-0b7d-4d0e-9a51-2d8f3c6b1e05";
-    let body = admission_review(
-        uid,
-        "CREATE",
-        CONFIG_MAP,
-        "configmaps",
-        "payments",
-        config_map("limits", "payments", json!({})),
-        Value::Null,
-    );
-    let (response, record) = review(&app, &body).await;
-    assert_eq!(
-        response,
-        expected_review(
-            uid,
-            &record,
-            json!({"allowed": true, "status": {"code": 200}})
-        )
-    );
-    assert_eq!(
-        record.record.result,
-        json!({"allowed": true, "status_code": 200, "violations": [], "skipped_referential": []})
-    );
+            }),
+            violations: json!([dryrun_cost_center(), warn_team()]),
+            skipped_referential: skipped(),
+            ..case(
+                "UPDATE adding the owner: allowed with the warning, status 299",
+                "7a1f5c9e-0b7d-4d0e-9a51-2d8f3c6b1e02",
+                "UPDATE",
+                DEPLOYMENT,
+                "deployments",
+                "payments",
+                deployment("api", owner()),
+                deployment("api", json!({})),
+            )
+        },
+        Case {
+            violations: json!([dryrun_cost_center()]),
+            skipped_referential: skipped(),
+            ..case(
+                "UPDATE with owner and team: a dryrun violation alone changes nothing in the answer",
+                "7a1f5c9e-0b7d-4d0e-9a51-2d8f3c6b1e03",
+                "UPDATE",
+                DEPLOYMENT,
+                "deployments",
+                "payments",
+                deployment("api", json!({"owner": "payments-team", "team": "payments"})),
+                deployment("api", owner()),
+            )
+        },
+        Case {
+            skipped_referential: skipped(),
+            ..case(
+                "CREATE fully labelled: no violation",
+                "7a1f5c9e-0b7d-4d0e-9a51-2d8f3c6b1e04",
+                "CREATE",
+                DEPLOYMENT,
+                "deployments",
+                "payments",
+                deployment("ledger", labelled()),
+                Value::Null,
+            )
+        },
+        case(
+            "CREATE of an object no constraint matches",
+            "7a1f5c9e-0b7d-4d0e-9a51-2d8f3c6b1e05",
+            "CREATE",
+            CONFIG_MAP,
+            "configmaps",
+            "payments",
+            config_map("limits", "payments", json!({})),
+            Value::Null,
+        ),
+        // A dry-run request (`kubectl apply --dry-run=server`) is decided like any other, as
+        // Gatekeeper does, and marked in the record.
+        Case {
+            request_fields: json!({"dryRun": true}),
+            answer: refused_for_owner(),
+            outcome: Outcome::Deny,
+            violations: json!([deny_owner()]),
+            skipped_referential: skipped(),
+            ..case(
+                "a dry-run UPDATE dropping the owner: refused all the same",
+                "7a1f5c9e-0b7d-4d0e-9a51-2d8f3c6b1e06",
+                "UPDATE",
+                DEPLOYMENT,
+                "deployments",
+                "payments",
+                deployment("api", json!({"team": "payments", "cost-center": "cc-4711"})),
+                deployment("api", labelled()),
+            )
+        },
+        // `kubectl debug` adds an ephemeral container through a subresource: an UPDATE whose
+        // object is the whole Pod, reviewed like any Pod and named in the record.
+        Case {
+            request_fields: json!({"subResource": "ephemeralcontainers"}),
+            ..case(
+                "an UPDATE of pods/ephemeralcontainers",
+                "7a1f5c9e-0b7d-4d0e-9a51-2d8f3c6b1e07",
+                "UPDATE",
+                ("", "v1", "Pod"),
+                "pods",
+                "payments",
+                debugged_pod(true),
+                debugged_pod(false),
+            )
+        },
+        Case {
+            api_version: Some("admission.k8s.io/v1beta1"),
+            answer: refused_for_owner(),
+            outcome: Outcome::Deny,
+            violations: json!([deny_owner()]),
+            skipped_referential: skipped(),
+            ..case(
+                "a v1beta1 review is answered in v1beta1",
+                "5e0d7c1a-2b3c-4d5e-8f90-a1b2c3d4e5f6",
+                "CREATE",
+                DEPLOYMENT,
+                "deployments",
+                "payments",
+                deployment("api", json!({"team": "payments", "cost-center": "cc-1"})),
+                Value::Null,
+            )
+        },
+        Case {
+            answer: json!({
+                "allowed": false,
+                "status": {
+                    "code": 403,
+                    "reason": "Forbidden",
+                    "message": "[protected-configmaps] ConfigMap limits is protected",
+                },
+            }),
+            outcome: Outcome::Deny,
+            violations: json!([violation(
+                "TestProtected",
+                "protected-configmaps",
+                "deny",
+                "ConfigMap limits is protected"
+            )]),
+            ..case(
+                "DELETE reviews the existing object (oldObject): a protected one is refused",
+                "c2d0a3b4-1e2f-4a5b-8c7d-000000000001",
+                "DELETE",
+                CONFIG_MAP,
+                "configmaps",
+                "payments",
+                Value::Null,
+                config_map("limits", "payments", protected()),
+            )
+        },
+        case(
+            "CREATE of a protected object: the template's operations are DELETE only",
+            "c2d0a3b4-1e2f-4a5b-8c7d-000000000004",
+            "CREATE",
+            CONFIG_MAP,
+            "configmaps",
+            "payments",
+            config_map("limits", "payments", protected()),
+            Value::Null,
+        ),
+        case(
+            "UPDATE of a protected object: not reviewed by a DELETE-only template",
+            "c2d0a3b4-1e2f-4a5b-8c7d-000000000005",
+            "UPDATE",
+            CONFIG_MAP,
+            "configmaps",
+            "payments",
+            config_map("limits", "payments", protected()),
+            config_map("limits", "payments", protected()),
+        ),
+        case(
+            "DELETE of an unprotected object",
+            "c2d0a3b4-1e2f-4a5b-8c7d-000000000002",
+            "DELETE",
+            CONFIG_MAP,
+            "configmaps",
+            "payments",
+            Value::Null,
+            config_map("limits", "payments", json!({})),
+        ),
+        case(
+            "DELETE of a protected object in an excluded namespace (kube-*)",
+            "c2d0a3b4-1e2f-4a5b-8c7d-000000000003",
+            "DELETE",
+            CONFIG_MAP,
+            "configmaps",
+            "kube-system",
+            Value::Null,
+            config_map("limits", "kube-system", protected()),
+        ),
+    ];
+    for case in &cases {
+        check(&app, case).await;
+    }
 
     // The webhook's body limit is its own (1 MiB by default), not the 16 KiB of transfers:
     // kubectl's last-applied annotation alone often exceeds that.
-    let uid = "7a1f5c9e-0b7d-4d0e-9a51-2d8f3c6b1e06";
-    let mut large = deployment("ledger", labels);
+    let mut large = deployment("ledger", labelled());
     large["metadata"]["annotations"] = json!({
         "kubectl.kubernetes.io/last-applied-configuration": "x".repeat(64 * 1024),
     });
-    let body = admission_review(
-        uid,
-        "UPDATE",
-        DEPLOYMENT,
-        "deployments",
-        "payments",
-        large.clone(),
-        large,
-    );
-    let (response, _) = review(&app, &body).await;
-    assert_eq!(response["response"]["allowed"], true);
+    check(
+        &app,
+        &Case {
+            skipped_referential: skipped(),
+            ..case(
+                "an UPDATE of 128 KiB",
+                "7a1f5c9e-0b7d-4d0e-9a51-2d8f3c6b1e08",
+                "UPDATE",
+                DEPLOYMENT,
+                "deployments",
+                "payments",
+                large.clone(),
+                large,
+            )
+        },
+    )
+    .await;
 
     let metrics = app.state.metrics.encode();
     for outcome in ["deny", "allow"] {
@@ -552,118 +749,6 @@ async fn create_and_update_are_answered_as_gatekeeper_answers_and_audited() {
             "{metrics}"
         );
     }
-    app.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn delete_reviews_the_existing_object() {
-    let policies = write_policies(TEMPLATES, CONSTRAINTS);
-    let app = spawn_with_policies(policies.path()).await;
-    let protected = json!({"protected": "true"});
-
-    let uid = "c2d0a3b4-1e2f-4a5b-8c7d-000000000001";
-    let body = admission_review(
-        uid,
-        "DELETE",
-        CONFIG_MAP,
-        "configmaps",
-        "payments",
-        Value::Null,
-        config_map("limits", "payments", protected.clone()),
-    );
-    let (response, record) = review(&app, &body).await;
-    assert_eq!(
-        response,
-        expected_review(
-            uid,
-            &record,
-            json!({
-                "allowed": false,
-                "status": {"code": 403, "reason": "Forbidden", "message": "[protected-configmaps] ConfigMap limits is protected"},
-            })
-        )
-    );
-    check_record(
-        &app,
-        &record,
-        Outcome::Deny,
-        summary(uid, CONFIG_MAP, "payments", "limits", "DELETE"),
-        json!({
-            "allowed": false,
-            "status_code": 403,
-            "violations": [violation("TestProtected", "protected-configmaps", "deny", "ConfigMap limits is protected")],
-            "skipped_referential": [],
-        }),
-    );
-
-    // Not protected, or in an excluded namespace (`kube-*`): allowed.
-    for (uid, namespace, labels) in [
-        (
-            "c2d0a3b4-1e2f-4a5b-8c7d-000000000002",
-            "payments",
-            json!({}),
-        ),
-        (
-            "c2d0a3b4-1e2f-4a5b-8c7d-000000000003",
-            "kube-system",
-            protected.clone(),
-        ),
-    ] {
-        let body = admission_review(
-            uid,
-            "DELETE",
-            CONFIG_MAP,
-            "configmaps",
-            namespace,
-            Value::Null,
-            config_map("limits", namespace, labels),
-        );
-        let (response, record) = review(&app, &body).await;
-        assert_eq!(
-            response,
-            expected_review(
-                uid,
-                &record,
-                json!({"allowed": true, "status": {"code": 200}})
-            ),
-            "{namespace}"
-        );
-        assert_eq!(record.record.outcome, Outcome::Allow);
-        assert_eq!(record.record.masked_input["namespace"], namespace);
-    }
-    app.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn v1beta1_reviews_are_answered_in_v1beta1() {
-    let policies = write_policies(TEMPLATES, CONSTRAINTS);
-    let app = spawn_with_policies(policies.path()).await;
-    let uid = "5e0d7c1a-2b3c-4d5e-8f90-a1b2c3d4e5f6";
-    let mut body = admission_review(
-        uid,
-        "CREATE",
-        DEPLOYMENT,
-        "deployments",
-        "payments",
-        deployment("api", json!({"team": "payments", "cost-center": "cc-1"})),
-        Value::Null,
-    );
-    body["apiVersion"] = json!("admission.k8s.io/v1beta1");
-    let (response, record) = review(&app, &body).await;
-    let mut expected = expected_review(
-        uid,
-        &record,
-        json!({
-            "allowed": false,
-            "status": {"code": 403, "reason": "Forbidden", "message": "[deployments-need-owner] the owner label is required"},
-        }),
-    );
-    expected["apiVersion"] = json!("admission.k8s.io/v1beta1");
-    assert_eq!(response, expected);
-    assert_eq!(
-        record.record.masked_input["api_version"],
-        "admission.k8s.io/v1beta1"
-    );
     app.stop().await;
 }
 

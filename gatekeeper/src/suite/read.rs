@@ -171,14 +171,10 @@ pub(crate) fn io_error(path: &Path, error: &std::io::Error) -> Error {
 /// it: later documents are ignored, an empty or null document is an empty object, and a
 /// document that is not a mapping is an error.
 pub(crate) fn first_document(text: &str) -> Result<serde_json::Map<String, Value>, String> {
-    let Some(document) = serde_norway::Deserializer::from_str(text).next() else {
-        return Ok(serde_json::Map::new());
-    };
-    let value = Value::deserialize(document).map_err(|error| error.to_string())?;
-    match value {
-        Value::Object(map) => Ok(map),
-        Value::Null => Ok(serde_json::Map::new()),
-        other => Err(format!(
+    match crate::yaml::first_document(text)? {
+        Some(Value::Object(map)) => Ok(map),
+        None | Some(Value::Null) => Ok(serde_json::Map::new()),
+        Some(other) => Err(format!(
             "the document is a {}, not a mapping",
             json_type_name(&other)
         )),
@@ -214,7 +210,7 @@ pub(crate) fn kind_of(object: &serde_json::Map<String, Value>) -> &str {
 
 /// Reads `path`; `Ok(None)` when it is valid YAML but not a Suite.
 fn read_suite(path: &Path) -> Result<Option<Suite>, Error> {
-    let text = read_text(path)?;
+    let text = crate::yaml::read_text(path)?;
     let object = first_document(&text).map_err(|message| Error::Yaml {
         path: path.to_path_buf(),
         document: 1,
@@ -231,15 +227,6 @@ fn read_suite(path: &Path) -> Result<Option<Suite>, Error> {
             document: 1,
             message: format!("not a valid Suite: {message}"),
         })
-}
-
-pub(crate) fn read_text(path: &Path) -> Result<String, Error> {
-    let bytes = std::fs::read(path).map_err(|error| io_error(path, &error))?;
-    String::from_utf8(bytes).map_err(|_| Error::Yaml {
-        path: path.to_path_buf(),
-        document: 1,
-        message: "not UTF-8 text".into(),
-    })
 }
 
 /// The Suite fields gator decodes (Go's `encoding/json` into `verify.Suite`): unknown fields
@@ -356,9 +343,7 @@ fn parse_violations(value: Option<Value>) -> Result<Option<Violations>, String> 
 /// the text is split at every line starting with `---`, blank and comment-only lines are
 /// dropped, empty pieces are skipped, and each piece is one object (a mapping).
 pub(crate) fn read_objects(path: &Path) -> Result<Vec<Value>, String> {
-    let text = std::fs::read(path).map_err(|error| format!("open {}: {error}", path.display()))?;
-    let text = String::from_utf8(text)
-        .map_err(|_| format!("reading {:?}: invalid yaml: not UTF-8 text", path.display()))?;
+    let text = crate::yaml::read_text(path).map_err(|error| error.to_string())?;
     let mut objects = Vec::new();
     for piece in text.split("\n---") {
         let cleaned = clean_yaml(piece);
@@ -413,10 +398,12 @@ pub(crate) fn read_single_object(
     path: &Path,
     what: &str,
 ) -> Result<serde_json::Map<String, Value>, String> {
-    let text = std::fs::read(path)
-        .map_err(|error| format!("reading {what} from {:?}: {error}", path.display()))?;
-    let text = String::from_utf8(text)
-        .map_err(|_| format!("parsing {what} from {:?}: not UTF-8 text", path.display()))?;
+    let text = crate::yaml::read_text(path).map_err(|error| match error {
+        Error::Io { message, .. } | Error::Yaml { message, .. } => {
+            format!("reading {what} from {:?}: {message}", path.display())
+        }
+        other => other.to_string(),
+    })?;
     first_document(&text)
         .and_then(require_kind)
         .map_err(|message| {

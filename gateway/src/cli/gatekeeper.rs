@@ -25,8 +25,8 @@ const EXIT_OK: u8 = 0;
 const EXIT_FAILED: u8 = 1;
 /// Exit code: usage or input error; nothing was checked.
 const EXIT_ERROR: u8 = 2;
-/// Largest manifest stream read from standard input.
-const STDIN_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// Largest manifest stream read from standard input: the bound of an input file.
+const STDIN_BYTES_MAX: u64 = manifest::INPUT_BYTES_MAX;
 
 #[derive(Debug, Subcommand)]
 pub enum GatekeeperCommand {

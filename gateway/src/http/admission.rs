@@ -13,6 +13,9 @@
 //!   review like Gatekeeper's `admission.Errored`, so the API server refuses the object
 //!   whatever the webhook's `failurePolicy` (fail closed).
 //!
+//! As at Gatekeeper's webhook (and unlike gator), a template whose `targets[0].operations`
+//! does not list the request's operation (or `*`) is not evaluated for it.
+//!
 //! Every answer in a review is a decision: it is appended to the audit trail (action
 //! `admission.review`) before it is sent, and if the trail cannot take it the API server gets
 //! 503 and no answer. Refused calls (wrong role, malformed review) write nothing, as on the
@@ -631,7 +634,7 @@ pub async fn review(
     let policy_set = policies.policy_set.clone();
     let evaluated = tokio::task::spawn_blocking(move || {
         let _permit = permit;
-        policy_set.review(&review, None)
+        policy_set.review_admission(&review)
     })
     .await;
     let evaluation = match evaluated {
