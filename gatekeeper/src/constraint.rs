@@ -7,9 +7,9 @@ use serde_json::Value;
 
 use crate::error::Error;
 use crate::matcher::Match;
+pub use crate::object::CONSTRAINT_GROUP;
+use crate::object::{group_version, kind, metadata_str};
 
-/// The API group of every Constraint.
-pub const CONSTRAINT_GROUP: &str = "constraints.gatekeeper.sh";
 /// Versions of that group frameworks' `crds.ValidateCR` accepts.
 const CONSTRAINT_VERSIONS: [&str; 2] = ["v1beta1", "v1alpha1"];
 
@@ -68,11 +68,7 @@ pub struct Constraint {
 impl Constraint {
     /// Parses a Constraint document (YAML/JSON already decoded).
     pub fn from_value(doc: &Value) -> Result<Constraint, Error> {
-        let name = doc
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
+        let name = metadata_str(doc, "name").to_owned();
         let invalid = |message: String| Error::ConstraintInvalid {
             constraint: name.clone(),
             message,
@@ -80,19 +76,11 @@ impl Constraint {
         if name.is_empty() {
             return Err(invalid("invalid Constraint: missing metadata.name".into()));
         }
-        let kind = doc
-            .get("kind")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
+        let kind = kind(doc).to_owned();
         if kind.is_empty() {
             return Err(invalid("invalid Constraint: missing kind".into()));
         }
-        let api_version = doc
-            .get("apiVersion")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+        let (group, version) = group_version(doc);
         if group != CONSTRAINT_GROUP {
             return Err(invalid(format!(
                 "invalid Constraint: wrong API Group for Constraint {name:?}, got {group:?} but need {CONSTRAINT_GROUP:?}"

@@ -7,6 +7,7 @@
 use serde_json::{Map, Value};
 
 use crate::error::Error;
+use crate::object::{api_version, group_version, kind, metadata_str};
 
 /// Objects available to referential templates. Later additions of the same key replace
 /// earlier ones, as Gatekeeper's `AddData` does.
@@ -23,16 +24,10 @@ impl Inventory {
 
     /// Adds one object; it needs `apiVersion` (with a version), `kind` and `metadata.name`.
     pub fn add(&mut self, object: &Value) -> Result<(), Error> {
-        let name = crate::matcher::metadata_str(object, "name");
-        let api_version = object
-            .get("apiVersion")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let version = api_version.rsplit('/').next().unwrap_or_default();
-        let kind = object
-            .get("kind")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+        let name = metadata_str(object, "name");
+        let api_version = api_version(object);
+        let (_group, version) = group_version(object);
+        let kind = kind(object);
         let invalid = |message: String| Error::InventoryInvalid { message };
         if !object.is_object() {
             return Err(invalid("an inventory object must be a mapping".into()));
@@ -47,7 +42,7 @@ impl Inventory {
                 "invalid request object: resource {name} has no kind"
             )));
         }
-        let namespace = crate::matcher::metadata_str(object, "namespace");
+        let namespace = metadata_str(object, "namespace");
         let root = if namespace.is_empty() {
             &mut self.cluster
         } else {

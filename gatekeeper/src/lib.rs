@@ -2,6 +2,9 @@
 //! Gatekeeper (and its `gator` CLI) evaluates them with its Rego engine.
 //!
 //! Code map:
+//! - `object` (private): the Kubernetes object accessors (`apiVersion` as group / version,
+//!   `kind`, `metadata.*`, missing fields read as `""`) and the Gatekeeper API group and
+//!   target names; every module reads an object's type and identity through it.
 //! - [`template`]: ConstraintTemplate parsing and Gatekeeper's template checks (target, kind /
 //!   name, Rego source and version, CEL-only refusal, lib packages, allowed `data` refs).
 //! - `rego_refs` (private): a Rego lexer for the `data` reference / import checks and the
@@ -22,6 +25,13 @@
 //! - [`error`]: the one [`Error`] type with stable machine codes ([`Error::code`]).
 //! - [`suite`], [`manifest`]: gator `verify` (Suite files) and gator `test` (manifests).
 //!
+//! Three directory walks look alike and differ on purpose, each following the reader it
+//! reproduces, so they are not merged: [`load`] (policy files for the webhook: hidden
+//! entries skipped — a ConfigMap volume's `..data/` copies — links followed, depth bounded),
+//! [`suite`] (gator's `fs.WalkDir`: `.yaml`/`.yml` only, hidden folders included, links not
+//! followed, recursive only for `DIR/...`) and [`manifest`] (gator's `filepath.Walk`:
+//! `.yaml`/`.yml`/`.json`, hidden entries included, links not followed).
+//!
 //! Invariants: this crate knows nothing about HTTP or the CLI; a [`PolicySet`] is
 //! `Send + Sync` and never mutated by a review; every Rego evaluation is time-bounded; a
 //! template's Rego is parsed and compiled once, in [`PolicySet::add_template`].
@@ -33,6 +43,7 @@ pub mod error;
 pub mod inventory;
 pub mod load;
 mod matcher;
+mod object;
 pub mod policy;
 mod rego_refs;
 pub mod review;

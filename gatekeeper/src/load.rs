@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::error::Error;
+use crate::object::{CONSTRAINT_GROUP, TEMPLATE_GROUP, api_version, kind};
 
 /// Directory levels followed below each given path (a bound against symlink loops).
 const DIRECTORY_DEPTH_MAX: usize = 32;
@@ -21,22 +22,20 @@ pub struct Document {
 
 impl Document {
     pub fn is_template(&self) -> bool {
-        self.value.get("kind").and_then(Value::as_str) == Some("ConstraintTemplate")
-            && self
-                .value
-                .get("apiVersion")
-                .and_then(Value::as_str)
-                .is_some_and(|api_version| api_version.starts_with("templates.gatekeeper.sh/"))
+        kind(&self.value) == "ConstraintTemplate" && in_group(&self.value, TEMPLATE_GROUP)
     }
 
     pub fn is_constraint(&self) -> bool {
-        self.value
-            .get("apiVersion")
-            .and_then(Value::as_str)
-            .is_some_and(|api_version| {
-                api_version.starts_with(&format!("{}/", crate::constraint::CONSTRAINT_GROUP))
-            })
+        in_group(&self.value, CONSTRAINT_GROUP)
     }
+}
+
+/// `apiVersion` is `group/<any version>`: the version is checked later, by
+/// [`crate::Template::from_value`] and [`crate::Constraint::from_value`], which name it.
+fn in_group(value: &Value, group: &str) -> bool {
+    api_version(value)
+        .strip_prefix(group)
+        .is_some_and(|version| version.starts_with('/'))
 }
 
 /// The policy files under `paths` (files given directly are taken whatever their extension).

@@ -25,12 +25,12 @@ use std::{
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::object::{
+    ADMISSION_TARGET, CONSTRAINT_GROUP, TEMPLATE_GROUP, api_version, group_version, kind,
+    metadata_str,
+};
 use crate::{Constraint, EnforcementAction, Error, Inventory, PolicySet, Review, Template};
 
-/// The validation target every Gatekeeper result names.
-const TARGET_NAME: &str = "admission.k8s.gatekeeper.sh";
-const TEMPLATE_GROUP: &str = "templates.gatekeeper.sh";
-const CONSTRAINT_GROUP: &str = "constraints.gatekeeper.sh";
 /// Inputs (files, or a stream the caller reads) larger than this are refused rather than
 /// read into memory.
 pub const INPUT_BYTES_MAX: u64 = crate::yaml::FILE_BYTES_MAX;
@@ -148,34 +148,12 @@ pub fn read_stream(path: &Path, text: &str) -> Result<Vec<SourceObject>, Error> 
     Ok(objects)
 }
 
-fn group_of(object: &Value) -> &str {
-    let api_version = object
-        .get("apiVersion")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    api_version
-        .rsplit_once('/')
-        .map_or("", |(group, _version)| group)
-}
-
-fn kind_of(object: &Value) -> &str {
-    object.get("kind").and_then(Value::as_str).unwrap_or("")
-}
-
-fn metadata_field<'a>(object: &'a Value, field: &str) -> &'a str {
-    object
-        .get("metadata")
-        .and_then(|metadata| metadata.get(field))
-        .and_then(Value::as_str)
-        .unwrap_or("")
-}
-
 fn is_template(object: &Value) -> bool {
-    group_of(object) == TEMPLATE_GROUP && kind_of(object) == "ConstraintTemplate"
+    group_version(object).0 == TEMPLATE_GROUP && kind(object) == "ConstraintTemplate"
 }
 
 fn is_constraint(object: &Value) -> bool {
-    group_of(object) == CONSTRAINT_GROUP
+    group_version(object).0 == CONSTRAINT_GROUP
 }
 
 /// One violation of one constraint by one input object.
@@ -236,12 +214,9 @@ fn render_text(findings: &[&Finding]) -> String {
     let mut out = String::new();
     for finding in findings {
         let object = &finding.object;
-        let api_version = object
-            .get("apiVersion")
-            .and_then(Value::as_str)
-            .unwrap_or("");
-        let namespace = metadata_field(object, "namespace");
-        let name = metadata_field(object, "name");
+        let api_version = api_version(object);
+        let namespace = metadata_str(object, "namespace");
+        let name = metadata_str(object, "name");
         let qualified_name = if namespace.is_empty() {
             name.to_owned()
         } else {
@@ -250,7 +225,7 @@ fn render_text(findings: &[&Finding]) -> String {
         let _ = writeln!(
             out,
             "{api_version}/{} {qualified_name}: [{}] Message: {}",
-            kind_of(object),
+            kind(object),
             go_quote(&finding.constraint_name),
             go_quote(&finding.msg)
         );
@@ -275,7 +250,7 @@ struct JsonResult<'a> {
 
 fn json_result(finding: &Finding) -> JsonResult<'_> {
     JsonResult {
-        target: TARGET_NAME,
+        target: ADMISSION_TARGET,
         msg: &finding.msg,
         metadata: sorted(&serde_json::json!({ "details": finding.details })),
         constraint: sorted(&finding.constraint),
@@ -317,7 +292,7 @@ fn render_yaml(findings: &[&Finding]) -> String {
         .iter()
         .map(|finding| {
             let mut result = serde_json::Map::new();
-            result.insert("target".into(), TARGET_NAME.into());
+            result.insert("target".into(), ADMISSION_TARGET.into());
             result.insert("msg".into(), finding.msg.clone().into());
             result.insert(
                 "metadata".into(),
@@ -420,8 +395,8 @@ pub fn test(objects: &[SourceObject]) -> Result<TestReport, Error> {
         inventory
             .add(&source.object)
             .map_err(|error| error.in_document(&source.path, source.document))?;
-        if kind_of(&source.object) == "Namespace" && group_of(&source.object).is_empty() {
-            namespaces.push(metadata_field(&source.object, "name"));
+        if kind(&source.object) == "Namespace" && group_version(&source.object).0.is_empty() {
+            namespaces.push(metadata_str(&source.object, "name"));
         }
     }
     let mut findings = Vec::new();
@@ -469,7 +444,7 @@ pub fn test(objects: &[SourceObject]) -> Result<TestReport, Error> {
 /// is matched against no labels), and `default` exists even when not given. They are only
 /// matched with: `input.review.namespaceObject` stays `null`, as in gator.
 fn namespace_for(object: &Value, namespaces: &[&str]) -> Option<Value> {
-    let namespace = metadata_field(object, "namespace");
+    let namespace = metadata_str(object, "namespace");
     if namespace.is_empty() {
         return Some(serde_json::json!({
             "apiVersion": "v1", "kind": "Namespace", "metadata": {}
@@ -504,7 +479,7 @@ mod tests {
         let kinds: Vec<String> = read_stream(path, yaml)
             .unwrap()
             .iter()
-            .map(|source| format!("{}@{}", kind_of(&source.object), source.document))
+            .map(|source| format!("{}@{}", kind(&source.object), source.document))
             .collect();
         assert_eq!(kinds, ["A@2", "B@4"]);
         let json = "{\"kind\": \"A\"}\n{\"kind\": \"B\"}";

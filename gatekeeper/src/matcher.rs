@@ -17,6 +17,8 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
+use crate::object::{group_version, metadata_str};
+
 /// `namespaces`, `excludedNamespaces` and `name` entries: a `*` at the front and/or end globs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Wildcard(String);
@@ -307,7 +309,8 @@ impl Match {
     }
 
     fn matches_object(&self, object: &Value, namespace: Option<&Value>) -> Result<bool, String> {
-        let (group, kind) = group_kind(object);
+        let (group, _version) = group_version(object);
+        let kind = crate::object::kind(object);
         let is_namespace = kind == "Namespace" && group.is_empty();
         let object_namespace = metadata_str(object, "namespace");
 
@@ -417,34 +420,12 @@ fn optional_string(value: Option<&Value>, path: &str) -> Result<Option<String>, 
     }
 }
 
-pub(crate) fn metadata_str<'a>(object: &'a Value, field: &str) -> &'a str {
-    object
-        .get("metadata")
-        .and_then(|metadata| metadata.get(field))
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-}
-
 fn labels(object: &Value) -> serde_json::Map<String, Value> {
     object
         .pointer("/metadata/labels")
         .and_then(Value::as_object)
         .cloned()
         .unwrap_or_default()
-}
-
-/// The object's (group, kind) from its own `apiVersion` and `kind`.
-pub(crate) fn group_kind(object: &Value) -> (&str, &str) {
-    let api_version = object
-        .get("apiVersion")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let group = api_version.rsplit_once('/').map_or("", |(group, _)| group);
-    let kind = object
-        .get("kind")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    (group, kind)
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@
 use serde_json::{Map, Value, json};
 
 use crate::error::Error;
+use crate::object::{ADMISSION_GROUP, api_version, group_version, kind, metadata_str};
 
 /// The review of one object, ready to evaluate.
 #[derive(Debug, Clone)]
@@ -40,18 +41,11 @@ impl Review {
         if !object.is_object() {
             return Err(invalid("the object to review must be a mapping"));
         }
-        let kind = object
-            .get("kind")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+        let kind = kind(object);
         if kind.is_empty() {
             return Err(invalid("Object 'Kind' is missing"));
         }
-        let api_version = object
-            .get("apiVersion")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let (group, version) = split_api_version(api_version);
+        let (group, version) = group_version(object);
         let mut request = Map::new();
         request.insert("uid".into(), json!(""));
         request.insert(
@@ -62,15 +56,16 @@ impl Review {
             "resource".into(),
             json!({"group": "", "version": "", "resource": ""}),
         );
-        let metadata = |field: &str| {
-            object
-                .pointer(&format!("/metadata/{field}"))
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned()
-        };
-        insert_nonempty(&mut request, "name", metadata("name"));
-        insert_nonempty(&mut request, "namespace", metadata("namespace"));
+        insert_nonempty(
+            &mut request,
+            "name",
+            metadata_str(object, "name").to_owned(),
+        );
+        insert_nonempty(
+            &mut request,
+            "namespace",
+            metadata_str(object, "namespace").to_owned(),
+        );
         request.insert("operation".into(), json!(""));
         request.insert("userInfo".into(), json!({}));
         request.insert("object".into(), object.clone());
@@ -86,12 +81,12 @@ impl Review {
     /// The review Gatekeeper builds from an `AdmissionReview` (`admission.k8s.io/v1` or
     /// `v1beta1`) document: its `request`, with DELETE's `oldObject` as `object`.
     pub fn from_admission_review(doc: &Value) -> Result<Review, Error> {
-        let kind = doc.get("kind").and_then(Value::as_str).unwrap_or_default();
-        let api_version = doc
-            .get("apiVersion")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        if kind != "AdmissionReview" || !api_version.starts_with("admission.k8s.io/") {
+        let kind = kind(doc);
+        let api_version = api_version(doc);
+        let in_admission_group = api_version
+            .strip_prefix(ADMISSION_GROUP)
+            .is_some_and(|version| version.starts_with('/'));
+        if kind != "AdmissionReview" || !in_admission_group {
             return Err(invalid(format!(
                 "expected an admission.k8s.io AdmissionReview, got apiVersion {api_version:?} kind {kind:?}"
             )));
@@ -271,10 +266,6 @@ impl Review {
             .and_then(Value::as_str)
             .unwrap_or_default()
     }
-}
-
-fn split_api_version(api_version: &str) -> (&str, &str) {
-    api_version.rsplit_once('/').unwrap_or(("", api_version))
 }
 
 fn insert_nonempty(map: &mut Map<String, Value>, field: &str, value: String) {

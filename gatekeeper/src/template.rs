@@ -15,10 +15,10 @@
 use serde_json::Value;
 
 use crate::error::Error;
+pub use crate::object::ADMISSION_TARGET;
+use crate::object::{api_version, kind, metadata_str};
 use crate::rego_refs;
 
-/// The only target Gatekeeper's validating webhook and gator know.
-pub const ADMISSION_TARGET: &str = "admission.k8s.gatekeeper.sh";
 const TEMPLATE_API_VERSIONS: [&str; 3] = [
     "templates.gatekeeper.sh/v1",
     "templates.gatekeeper.sh/v1beta1",
@@ -49,20 +49,13 @@ pub struct Template {
 impl Template {
     /// Parses and checks a ConstraintTemplate document.
     pub fn from_value(doc: &Value) -> Result<Template, Error> {
-        let name = doc
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
+        let name = metadata_str(doc, "name").to_owned();
         let invalid = |message: String| Error::TemplateInvalid {
             template: name.clone(),
             message,
         };
-        let api_version = doc
-            .get("apiVersion")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let kind_of_doc = doc.get("kind").and_then(Value::as_str).unwrap_or_default();
+        let api_version = api_version(doc);
+        let kind_of_doc = kind(doc);
         if kind_of_doc != "ConstraintTemplate" || !TEMPLATE_API_VERSIONS.contains(&api_version) {
             return Err(invalid(format!(
                 "not a ConstraintTemplate: apiVersion {api_version:?} kind {kind_of_doc:?} (want templates.gatekeeper.sh/v1, v1beta1 or v1alpha1)"

@@ -2,41 +2,13 @@
 //! objects, Namespace lookup for namespaceSelector, result order, output, deny detection).
 #![forbid(unsafe_code)]
 
-use std::{
-    path::{Path, PathBuf},
-    sync::atomic::{AtomicUsize, Ordering},
-};
+mod support;
+
+use std::path::Path;
 
 use countersign_gatekeeper::manifest::{self, OutputFormat, SourceObject};
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "countersign-gatekeeper-manifest-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-
-    fn write(&self, relative: &str, text: &str) -> PathBuf {
-        let path = self.0.join(relative);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use support::WriteFiles as _;
+use tempfile::TempDir;
 
 /// Referential: a ConfigMap whose `owner` label is used by another ConfigMap in the same
 /// namespace (seen through data.inventory, which holds every input object).
@@ -133,12 +105,12 @@ fn inputs(directory: &TempDir) -> Vec<SourceObject> {
     directory.write("policies/nested/strict.yml", STRICT_NAMESPACES);
     directory.write("policies/README.md", "not read: only .yaml, .yml and .json");
     let objects = directory.write("objects.yaml", OBJECTS);
-    manifest::read_inputs(&[directory.0.join("policies"), objects]).unwrap()
+    manifest::read_inputs(&[directory.path().join("policies"), objects]).unwrap()
 }
 
 #[test]
 fn every_object_is_reviewed_with_all_objects_as_inventory() {
-    let directory = TempDir::new();
+    let directory = TempDir::new().unwrap();
     let objects = inputs(&directory);
     // 2 templates + 2 constraints + 5 objects; the Markdown file is skipped.
     assert_eq!(objects.len(), 9);
@@ -198,7 +170,7 @@ fn every_object_is_reviewed_with_all_objects_as_inventory() {
 
 #[test]
 fn warn_only_findings_do_not_deny() {
-    let directory = TempDir::new();
+    let directory = TempDir::new().unwrap();
     let objects: Vec<SourceObject> = inputs(&directory)
         .into_iter()
         .filter(|source| source.object["metadata"]["namespace"] != "locked")
@@ -223,14 +195,14 @@ fn warn_only_findings_do_not_deny() {
 
 #[test]
 fn input_errors_name_the_file() {
-    let directory = TempDir::new();
+    let directory = TempDir::new().unwrap();
     let bad = directory.write("bad.yaml", "kind: ConfigMap\n---\nmetadata: [\n");
     let error = manifest::read_inputs(&[bad]).unwrap_err();
     assert!(error.to_string().contains("bad.yaml"), "{error}");
     let text = directory.write("notes.txt", "x");
     let error = manifest::read_inputs(&[text]).unwrap_err();
     assert!(error.to_string().contains("notes.txt"), "{error}");
-    let error = manifest::read_inputs(&[directory.0.join("missing")]).unwrap_err();
+    let error = manifest::read_inputs(&[directory.path().join("missing")]).unwrap_err();
     assert!(error.to_string().contains("missing"), "{error}");
     // A constraint whose template is not among the inputs.
     let constraint = directory.write(
@@ -240,12 +212,12 @@ fn input_errors_name_the_file() {
     let objects = manifest::read_inputs(&[constraint]).unwrap();
     let error = manifest::test(&objects).unwrap_err();
     assert!(error.to_string().contains("constraint.yaml"), "{error}");
-    assert!(Path::new(&directory.0).exists());
+    assert!(directory.path().exists());
 }
 
 #[test]
 fn alias_bomb_input_is_refused_with_its_file_and_document() {
-    let directory = TempDir::new();
+    let directory = TempDir::new().unwrap();
     let mut text = String::from("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ok}\n---\n");
     text.push_str("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: bomb}\ndata:\n");
     text.push_str("  a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");

@@ -2,45 +2,18 @@
 //! directories (path resolution, file selection, assertion counting, output).
 #![forbid(unsafe_code)]
 
-use std::{
-    path::{Path, PathBuf},
-    sync::atomic::{AtomicUsize, Ordering},
-};
+mod support;
+
+use std::path::Path;
 
 use countersign_gatekeeper::suite::{self, Filter, Report};
+use support::WriteFiles as _;
+use tempfile::TempDir;
 
-/// A fresh directory under the system temporary folder, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let path = std::env::temp_dir().join(format!(
-            "countersign-gatekeeper-suite-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir(path)
-    }
-
-    fn write(&self, relative: &str, text: &str) -> PathBuf {
-        let path = self.0.join(relative);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-
-    fn arg(&self, relative: &str) -> String {
-        format!("{}/{relative}", self.0.display())
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// The command-line `PATH` argument for `relative` below `directory` (kept as text: `DIR/...`
+/// is not a path).
+fn arg(directory: &TempDir, relative: &str) -> String {
+    format!("{}/{relative}", directory.path().display())
 }
 
 const TEMPLATE: &str = r#"apiVersion: templates.gatekeeper.sh/v1
@@ -100,7 +73,7 @@ fn suite_with_cases(cases: &str) -> String {
 /// template with `..` and the constraint with a leading `/`: both are relative to the
 /// suite's folder, as in gator.
 fn tree(cases: &str) -> TempDir {
-    let directory = TempDir::new();
+    let directory = TempDir::new().unwrap();
     directory.write("policy/template.yaml", TEMPLATE);
     directory.write("policy/suites/constraint.yaml", CONSTRAINT);
     for name in ["good", "bad", "twice"] {
@@ -169,7 +142,7 @@ fn assertions_count_every_violation_and_filter_by_message() {
             "  - name: case\n    object: objects/twice.yaml\n    assertions:\n      {assertions}\n"
         );
         let directory = tree(&cases);
-        let report = run(&[directory.arg("policy/suites/suite.yaml")], "");
+        let report = run(&[arg(&directory, "policy/suites/suite.yaml")], "");
         let failure = first_failure(&report);
         match expected {
             None => assert_eq!(failure, None, "{assertions}"),
@@ -187,7 +160,7 @@ fn an_invalid_message_expression_is_not_compiled_without_violations() {
     // gator compiles the expression only to match a violation against it.
     let cases = "  - name: case\n    object: objects/good.yaml\n    assertions:\n    - message: '('\n      violations: no\n";
     let directory = tree(cases);
-    let report = run(&[directory.arg("policy/suites/suite.yaml")], "");
+    let report = run(&[arg(&directory, "policy/suites/suite.yaml")], "");
     assert!(report.passed(), "{}", report.render(true));
 }
 
@@ -195,7 +168,7 @@ fn an_invalid_message_expression_is_not_compiled_without_violations() {
 fn failures_carry_messages_and_render_like_go_test() {
     let cases = "  - name: bad-fails\n    object: objects/bad.yaml\n    assertions:\n    - violations: no\n  - name: good-passes\n    object: objects/good.yaml\n    assertions:\n    - violations: no\n";
     let directory = tree(cases);
-    let path = directory.arg("policy/suites/suite.yaml");
+    let path = arg(&directory, "policy/suites/suite.yaml");
     let report = run(std::slice::from_ref(&path), "");
     let duration = regex::Regex::new(r"\d+\.\d{3}s").unwrap();
     let text = report.render(false);
@@ -243,9 +216,9 @@ fn paths_select_files_like_gator() {
             .map(|suite| suite.path.clone())
             .collect()
     };
-    let root = directory.0.display().to_string();
+    let root = directory.path().display().to_string();
     // Recursive: both suites, displayed as given plus the part below.
-    let report = run(&[directory.arg("policy/...")], "");
+    let report = run(&[arg(&directory, "policy/...")], "");
     assert_eq!(
         names(&report),
         [
@@ -255,22 +228,22 @@ fn paths_select_files_like_gator() {
     );
     assert!(report.passed(), "{}", report.render(true));
     // A directory without `...`: only the suites directly in it.
-    let report = run(&[directory.arg("policy/suites")], "");
+    let report = run(&[arg(&directory, "policy/suites")], "");
     assert_eq!(names(&report), [format!("{root}/policy/suites/suite.yaml")]);
     // No suite directly in `policy`.
-    assert!(run(&[directory.arg("policy")], "").suites.is_empty());
+    assert!(run(&[arg(&directory, "policy")], "").suites.is_empty());
     // `...` on a file, a file that is not YAML, a missing path: errors naming the path.
     for (argument, expected) in [
         ("policy/suites/suite.yaml/...", "not a directory"),
         ("policy/suites/deeper/suite.json", "unsupported extension"),
         ("missing/...", "missing"),
     ] {
-        let error = suite::verify(&[directory.arg(argument)], &Filter::All).unwrap_err();
+        let error = suite::verify(&[arg(&directory, argument)], &Filter::All).unwrap_err();
         assert!(error.to_string().contains(expected), "{argument}: {error}");
     }
     // Any YAML file that does not parse stops the listing.
     directory.write("policy/suites/deeper/broken.yaml", "a: [\n");
-    let error = suite::verify(&[directory.arg("policy/...")], &Filter::All).unwrap_err();
+    let error = suite::verify(&[arg(&directory, "policy/...")], &Filter::All).unwrap_err();
     assert!(error.to_string().contains("broken.yaml"), "{error}");
 }
 
@@ -293,7 +266,7 @@ fn object_files_hold_exactly_one_object() {
         &format!("---\n# header\n---\n{}", object("bad")),
     );
     directory.write("policy/suites/objects/empty.yaml", "# nothing\n");
-    let report = run(&[directory.arg("policy/suites/suite.yaml")], "");
+    let report = run(&[arg(&directory, "policy/suites/suite.yaml")], "");
     let cases = &report.suites[0].tests[0].cases;
     assert!(
         cases[0]
@@ -316,7 +289,7 @@ fn object_files_hold_exactly_one_object() {
 fn skip_and_run_filters() {
     let cases = "  - name: bad-fails\n    object: objects/bad.yaml\n    assertions:\n    - violations: no\n  - name: skipped\n    skip: true\n    object: objects/bad.yaml\n    assertions:\n    - violations: no\n  - name: good\n    object: objects/good.yaml\n    assertions:\n    - violations: no\n";
     let directory = tree(cases);
-    let path = directory.arg("policy/suites/suite.yaml");
+    let path = arg(&directory, "policy/suites/suite.yaml");
     let report = run(std::slice::from_ref(&path), "//^good$");
     assert!(report.passed());
     let skipped: Vec<bool> = report.suites[0].tests[0]
@@ -344,7 +317,7 @@ fn missing_template_or_constraint_fails_the_test() {
     let directory = tree(
         "  - name: good\n    object: objects/good.yaml\n    assertions:\n    - violations: no\n",
     );
-    let suite_path = directory.0.join("policy/suites/suite.yaml");
+    let suite_path = directory.path().join("policy/suites/suite.yaml");
     let original = std::fs::read_to_string(&suite_path).unwrap();
     for (from, to, expected) in [
         (

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::{Assertion, Case, Suite, SuiteFile, Test, Violations};
 use crate::Error;
+use crate::object::{group_version, kind};
 
 /// API group and kind that make a YAML file a Suite; any other file is silently ignored.
 const SUITE_GROUP: &str = "test.gatekeeper.sh";
@@ -192,22 +193,6 @@ pub(crate) fn json_type_name(value: &Value) -> &'static str {
     }
 }
 
-/// `apiVersion` split into (group, version); the core group is empty.
-pub(crate) fn group_version(object: &serde_json::Map<String, Value>) -> (String, String) {
-    let api_version = object
-        .get("apiVersion")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    match api_version.rsplit_once('/') {
-        Some((group, version)) => (group.to_owned(), version.to_owned()),
-        None => (String::new(), api_version.to_owned()),
-    }
-}
-
-pub(crate) fn kind_of(object: &serde_json::Map<String, Value>) -> &str {
-    object.get("kind").and_then(Value::as_str).unwrap_or("")
-}
-
 /// Reads `path`; `Ok(None)` when it is valid YAML but not a Suite.
 fn read_suite(path: &Path) -> Result<Option<Suite>, Error> {
     let text = crate::yaml::read_text(path)?;
@@ -216,11 +201,12 @@ fn read_suite(path: &Path) -> Result<Option<Suite>, Error> {
         document: 1,
         message,
     })?;
+    let object = Value::Object(object);
     let (group, _) = group_version(&object);
-    if group != SUITE_GROUP || kind_of(&object) != SUITE_KIND {
+    if group != SUITE_GROUP || kind(&object) != SUITE_KIND {
         return Ok(None);
     }
-    parse_suite(&Value::Object(object))
+    parse_suite(&object)
         .map(Some)
         .map_err(|message| Error::Yaml {
             path: path.to_path_buf(),
@@ -353,7 +339,7 @@ pub(crate) fn read_objects(path: &Path) -> Result<Vec<Value>, String> {
         let object = first_document(&cleaned)
             .and_then(require_kind)
             .map_err(|message| format!("reading {:?}: invalid yaml: {message}", path.display()))?;
-        objects.push(Value::Object(object));
+        objects.push(object);
     }
     if objects.is_empty() {
         return Err(format!(
@@ -366,14 +352,10 @@ pub(crate) fn read_objects(path: &Path) -> Result<Vec<Value>, String> {
 
 /// Kubernetes' unstructured decoder, which gator reads every object through, refuses an
 /// object without a `kind` (so a document holding only `---` is an error, not an object).
-fn require_kind(
-    object: serde_json::Map<String, Value>,
-) -> Result<serde_json::Map<String, Value>, String> {
-    if kind_of(&object).is_empty() {
-        return Err(format!(
-            "Object 'Kind' is missing in '{}'",
-            Value::Object(object)
-        ));
+fn require_kind(object: serde_json::Map<String, Value>) -> Result<Value, String> {
+    let object = Value::Object(object);
+    if kind(&object).is_empty() {
+        return Err(format!("Object 'Kind' is missing in '{object}'"));
     }
     Ok(object)
 }
@@ -394,10 +376,7 @@ fn clean_yaml(piece: &str) -> String {
 }
 
 /// The first document of a template or constraint file (gator's `ReadUnstructured`).
-pub(crate) fn read_single_object(
-    path: &Path,
-    what: &str,
-) -> Result<serde_json::Map<String, Value>, String> {
+pub(crate) fn read_single_object(path: &Path, what: &str) -> Result<Value, String> {
     let text = crate::yaml::read_text(path).map_err(|error| match error {
         Error::Io { message, .. } | Error::Yaml { message, .. } => {
             format!("reading {what} from {:?}: {message}", path.display())

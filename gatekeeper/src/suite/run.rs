@@ -9,13 +9,12 @@ use serde_json::Value;
 
 use super::{
     Assertion, Case, CaseResult, Filter, Test, TestResult, Violations,
-    read::{group_version, join_relative, kind_of, read_objects, read_single_object},
+    read::{join_relative, read_objects, read_single_object},
+};
+use crate::object::{
+    ADMISSION_GROUP, CONSTRAINT_GROUP, TEMPLATE_GROUP, group_version, kind, metadata_str,
 };
 use crate::{Constraint, ErrorCode, Inventory, PolicySet, Review, Template, Violation};
-
-const TEMPLATE_GROUP: &str = "templates.gatekeeper.sh";
-const CONSTRAINT_GROUP: &str = "constraints.gatekeeper.sh";
-const ADMISSION_GROUP: &str = "admission.k8s.io";
 
 /// Why a test's template and constraint could not be set up.
 enum SetupError {
@@ -91,14 +90,14 @@ fn set_up(suite_dir: &Path, test: &Test) -> Result<PolicySet, SetupError> {
     let template_path = join_relative(suite_dir, &test.template);
     let document = read_single_object(&template_path, "ConstraintTemplate").map_err(other)?;
     let (group, _) = group_version(&document);
-    if group != TEMPLATE_GROUP || kind_of(&document) != "ConstraintTemplate" {
+    if group != TEMPLATE_GROUP || kind(&document) != "ConstraintTemplate" {
         return Err(other(format!(
             "path {:?}: not a ConstraintTemplate",
             template_path.display()
         )));
     }
     let mut policy = PolicySet::new();
-    Template::from_value(&Value::Object(document))
+    Template::from_value(&document)
         .and_then(|template| policy.add_template(template))
         .map_err(|error| other(format!("adding template: {error}")))?;
 
@@ -111,7 +110,7 @@ fn set_up(suite_dir: &Path, test: &Test) -> Result<PolicySet, SetupError> {
     if group != CONSTRAINT_GROUP {
         return Err(other("not a Constraint".into()));
     }
-    Constraint::from_value(&Value::Object(document))
+    Constraint::from_value(&document)
         .and_then(|constraint| policy.add_constraint(constraint))
         .map_err(|error| {
             let message = error.to_string();
@@ -166,9 +165,8 @@ fn check_case(policy: &PolicySet, suite_dir: &Path, case: &Case) -> Result<(), S
         }
     }
 
-    let map = object.as_object().expect("read_objects returns mappings");
-    let (group, _) = group_version(map);
-    let review = if kind_of(map) == "AdmissionReview" && group == ADMISSION_GROUP {
+    let (group, _) = group_version(&object);
+    let review = if kind(&object) == "AdmissionReview" && group == ADMISSION_GROUP {
         admission_review(&object)?
     } else {
         Review::from_object(&object)
@@ -204,21 +202,12 @@ fn admission_review(document: &Value) -> Result<Review, String> {
 /// `apps/v1, Kind=Deployment ns/name`, Go's GroupVersionKind and namespace/name as gator
 /// prints them in errors.
 fn describe(object: &Value) -> String {
-    let empty = serde_json::Map::new();
-    let map = object.as_object().unwrap_or(&empty);
-    let (group, version) = group_version(map);
-    let metadata = map.get("metadata");
-    let field = |name: &str| {
-        metadata
-            .and_then(|metadata| metadata.get(name))
-            .and_then(Value::as_str)
-            .unwrap_or("")
-    };
+    let (group, version) = group_version(object);
     format!(
         "{group}/{version}, Kind={} {}/{}",
-        kind_of(map),
-        field("namespace"),
-        field("name")
+        kind(object),
+        metadata_str(object, "namespace"),
+        metadata_str(object, "name")
     )
 }
 
