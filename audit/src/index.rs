@@ -40,6 +40,7 @@ pub mod sqlite;
 use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
+use sqlx::{ColumnIndex, Decode, Row, Type};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -193,7 +194,7 @@ impl StatsBucket {
         }
     }
 
-    fn seconds(self) -> i64 {
+    pub(crate) fn seconds(self) -> i64 {
         match self {
             StatsBucket::Hour => 3_600,
             StatsBucket::Day => 86_400,
@@ -257,8 +258,19 @@ pub fn stats_buckets(
         .collect())
 }
 
-/// Dense stats rows for `starts` from sparse `(bucket start unix seconds, counts)` rows.
-fn dense_stats(starts: &[OffsetDateTime], sparse: &HashMap<i64, [u64; 4]>) -> Vec<StatsRow> {
+/// Dense stats rows for `starts` from the sparse rows both back ends' stats query returns:
+/// `(bucket start unix seconds, allow, deny, pending, error)` sums.
+fn dense_stats(starts: &[OffsetDateTime], sums: Vec<(i64, i64, i64, i64, i64)>) -> Vec<StatsRow> {
+    let count = |value: i64| u64::try_from(value).unwrap_or(0);
+    let sparse: HashMap<i64, [u64; 4]> = sums
+        .into_iter()
+        .map(|(start, allow, deny, pending, error)| {
+            (
+                start,
+                [count(allow), count(deny), count(pending), count(error)],
+            )
+        })
+        .collect();
     starts
         .iter()
         .map(|start| {
@@ -579,6 +591,137 @@ pub(crate) fn parse_tokens(text: &str) -> Vec<String> {
 pub(crate) fn floor_micros(time: OffsetDateTime) -> OffsetDateTime {
     time.replace_nanosecond(time.nanosecond() / 1_000 * 1_000)
         .expect("a floored nanosecond is in range")
+}
+
+/// The minute keys a time filter covers, `[minute_of(from), to)` (unbounded ends are the
+/// extremes): every minute that starts before `to`, with a fraction of a second rounding up.
+pub(crate) fn minute_bounds(
+    from: Option<OffsetDateTime>,
+    to: Option<OffsetDateTime>,
+) -> (i64, i64) {
+    let from_minute = from.map_or(i64::MIN, minute_of);
+    let to_seconds = to.map_or(i64::MAX, |to| {
+        let seconds = to.unix_timestamp();
+        if to.nanosecond() == 0 {
+            seconds
+        } else {
+            seconds + 1
+        }
+    });
+    (from_minute, to_seconds)
+}
+
+/// A tree size (or cursor) read from a signed database column.
+pub(crate) fn size_of(value: i64) -> Result<u64, AuditError> {
+    u64::try_from(value).map_err(|_| AuditError::CorruptIndex {
+        reason: format!("negative tree size {value}"),
+    })
+}
+
+/// A tree size as the signed sequence the databases store.
+pub(crate) fn sequence_of(size: u64) -> Result<i64, AuditError> {
+    i64::try_from(size).map_err(|_| AuditError::SequenceExhausted)
+}
+
+/// A stored node id, checked.
+pub(crate) fn node_id(level: i64, index: i64) -> Result<NodeId, AuditError> {
+    match (u8::try_from(level), u64::try_from(index)) {
+        (Ok(level), Ok(index)) if level < 64 => Ok(NodeId { level, index }),
+        _ => Err(AuditError::CorruptIndex {
+            reason: format!("stored node id ({level}, {index}) is out of range"),
+        }),
+    }
+}
+
+/// A stored node hash, checked.
+pub(crate) fn node_hash_of(bytes: &[u8]) -> Result<Hash, AuditError> {
+    crate::verify::hash_from_bytes(bytes).map_err(|reason| AuditError::CorruptIndex {
+        reason: format!("stored node hash: {reason}"),
+    })
+}
+
+/// The chain hash of the sealed record at `sequence`, from its `hash` column.
+pub(crate) fn chain_hash_of(sequence: i64, bytes: &[u8]) -> Result<Hash, AuditError> {
+    crate::verify::hash_from_bytes(bytes).map_err(|reason| AuditError::CorruptRecord {
+        sequence,
+        reason: format!("hash: {reason}"),
+    })
+}
+
+/// The level-0 node of the record at `sequence` (leaf `sequence - 1`): its chain hash's
+/// leaf hash.
+pub(crate) fn leaf_node(sequence: i64, chain_hash: &Hash) -> Result<(NodeId, Hash), AuditError> {
+    let id = NodeId {
+        level: 0,
+        index: size_of(sequence - 1)?,
+    };
+    Ok((id, merkle::leaf_hash(chain_hash)))
+}
+
+/// The frontier of a tree of `size` leaves from the fetched `nodes` of
+/// `ids = Frontier::node_ids(size)`.
+pub(crate) fn frontier_from(
+    size: u64,
+    ids: &[NodeId],
+    nodes: &HashMap<NodeId, Hash>,
+) -> Result<Frontier, AuditError> {
+    let hashes = ids
+        .iter()
+        .map(|id| {
+            nodes
+                .get(id)
+                .copied()
+                .ok_or(merkle::MerkleError::MissingNode(*id))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Frontier::from_nodes(size, hashes)?)
+}
+
+/// A sealed record from a row with its `sequence`, the record columns and both hashes (each
+/// back end selects them under these names).
+pub(crate) fn decode_sealed<R>(row: &R) -> Result<SealedRecord, AuditError>
+where
+    R: Row,
+    for<'r> &'r str: ColumnIndex<R>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Option<String>: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let sequence: i64 = row.try_get("sequence")?;
+    StoredSeal::from_row(row)
+        .and_then(|stored| stored.into_sealed(sequence))
+        .map_err(|reason| AuditError::CorruptRecord { sequence, reason })
+}
+
+/// Columns of `audit_checkpoints`, in the order [`decode_checkpoint`] reads them by name.
+pub(crate) const CHECKPOINT_COLUMNS: &str = "tree_size, root_hash, timestamp, key_id, signature";
+
+/// A checkpoint from an `audit_checkpoints` row ([`CHECKPOINT_COLUMNS`]).
+pub(crate) fn decode_checkpoint<R>(row: &R) -> Result<Checkpoint, AuditError>
+where
+    R: Row,
+    for<'r> &'r str: ColumnIndex<R>,
+    for<'r> i64: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> String: Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> Vec<u8>: Decode<'r, R::Database> + Type<R::Database>,
+{
+    let tree_size: i64 = row.try_get("tree_size")?;
+    let corrupt = |reason: String| AuditError::CorruptIndex {
+        reason: format!("checkpoint at tree size {tree_size}: {reason}"),
+    };
+    let root: Vec<u8> = row.try_get("root_hash")?;
+    let timestamp: String = row.try_get("timestamp")?;
+    let signature: Vec<u8> = row.try_get("signature")?;
+    Ok(Checkpoint {
+        tree_size: size_of(tree_size)?,
+        root_hash: crate::verify::hash_from_bytes(&root).map_err(corrupt)?,
+        timestamp: encoding::parse_timestamp(&timestamp)
+            .map_err(|error| corrupt(error.to_string()))?,
+        key_id: row.try_get("key_id")?,
+        signature: <[u8; 64]>::try_from(signature.as_slice())
+            .map_err(|_| corrupt(format!("signature has {} bytes", signature.len())))?,
+    })
 }
 
 /// The ways the checkpoints of a live store can fail verification.
@@ -1119,14 +1262,7 @@ pub(crate) async fn walk_checkpoints(
         cursor = *last;
         let leaves = rows
             .iter()
-            .map(|(sequence, hash)| {
-                crate::verify::hash_from_bytes(hash)
-                    .map(|hash| (*sequence, hash))
-                    .map_err(|reason| AuditError::CorruptRecord {
-                        sequence: *sequence,
-                        reason: format!("hash: {reason}"),
-                    })
-            })
+            .map(|(sequence, hash)| chain_hash_of(*sequence, hash).map(|hash| (*sequence, hash)))
             .collect::<Result<Vec<_>, _>>()?;
         let start = walk.size();
         let end = start + leaves.len() as u64;

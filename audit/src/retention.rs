@@ -21,6 +21,7 @@ use time::Date;
 
 use crate::AuditError;
 use crate::checkpoint::{Checkpoint, CheckpointVerifier};
+use crate::index::{CHECKPOINT_COLUMNS, decode_checkpoint};
 use crate::merkle::{self, Hash};
 
 /// Where the remaining chain starts after a prune.
@@ -106,10 +107,9 @@ pub async fn verify_anchor(
     let Some(anchor) = latest_anchor(pool).await? else {
         return Ok(None);
     };
-    let checkpoint = sqlx::query(
-        "SELECT tree_size, root_hash, timestamp, key_id, signature FROM audit_checkpoints \
-         WHERE tree_size = $1",
-    )
+    let checkpoint = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints WHERE tree_size = $1"
+    )))
     .bind(anchor.checkpoint_tree_size)
     .fetch_optional(pool)
     .await?;
@@ -119,7 +119,8 @@ pub async fn verify_anchor(
             anchor.checkpoint_tree_size
         ))));
     };
-    let checkpoint = match checkpoint_from_row(&row) {
+    // A checkpoint row that does not decode is a finding about the anchor, not an I/O error.
+    let checkpoint = match decode_checkpoint(&row).map_err(|error| error.to_string()) {
         Ok(checkpoint) => checkpoint,
         Err(reason) => return Ok(Some(Err(reason))),
     };
@@ -143,23 +144,6 @@ pub async fn verify_anchor(
         ))));
     }
     Ok(Some(Ok(anchor)))
-}
-
-fn checkpoint_from_row(row: &sqlx::postgres::PgRow) -> Result<Checkpoint, String> {
-    let get = |error: sqlx::Error| error.to_string();
-    let tree_size: i64 = row.try_get("tree_size").map_err(get)?;
-    let root: Vec<u8> = row.try_get("root_hash").map_err(get)?;
-    let timestamp: String = row.try_get("timestamp").map_err(get)?;
-    let signature: Vec<u8> = row.try_get("signature").map_err(get)?;
-    Ok(Checkpoint {
-        tree_size: tree_size as u64,
-        root_hash: Hash::try_from(root).map_err(|_| "root_hash is not 32 bytes".to_owned())?,
-        timestamp: crate::encoding::parse_timestamp(&timestamp)
-            .map_err(|error| format!("timestamp: {error}"))?,
-        key_id: row.try_get("key_id").map_err(get)?,
-        signature: <[u8; 64]>::try_from(signature)
-            .map_err(|_| "signature is not 64 bytes".to_owned())?,
-    })
 }
 
 /// The partitions of `audit_records` named `audit_records_YYYY_MM`, with their month.

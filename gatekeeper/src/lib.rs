@@ -19,7 +19,8 @@
 //!   v1 refusal of their calls.
 //! - [`policy`]: [`PolicySet`] — one regorus engine per template, compiled once, pooled per
 //!   evaluation, bounded by an execution timer — and [`Violation`] / [`ReviewOutcome`].
-//! - [`load`]: reading YAML/JSON files and directories into documents.
+//! - [`load`]: reading YAML/JSON files and directories into documents; the files as read
+//!   ([`load::PolicyFile`]) are public so the webhook's revision covers exactly what loaded.
 //! - `yaml` (private): the one reader of policy text — file size bound, YAML decoding with a
 //!   bound on alias expansion.
 //! - [`error`]: the one [`Error`] type with stable machine codes ([`Error::code`]).

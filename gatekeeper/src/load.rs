@@ -92,19 +92,51 @@ fn walk(directory: &Path, depth: usize, found: &mut Vec<PathBuf>) -> Result<(), 
     Ok(())
 }
 
+/// One policy file as read: the text the documents are decoded from, so a caller can
+/// fingerprint exactly what was loaded (the webhook's `bundle_revision`).
+#[derive(Debug, Clone)]
+pub struct PolicyFile {
+    pub path: PathBuf,
+    /// `path` relative to the given path it was found under (empty for a file given
+    /// directly): the same for every mount point of the same files.
+    pub relative_path: PathBuf,
+    pub text: String,
+}
+
+/// Every policy file under `paths`, in order, read with the size bound of `crate::yaml`.
+pub fn read_policy_files(paths: &[PathBuf]) -> Result<Vec<PolicyFile>, Error> {
+    let mut files = Vec::new();
+    for root in paths {
+        for path in policy_files(std::slice::from_ref(root))? {
+            let text = crate::yaml::read_text(&path)?;
+            let relative_path = path.strip_prefix(root).unwrap_or(&path).to_owned();
+            files.push(PolicyFile {
+                path,
+                relative_path,
+                text,
+            });
+        }
+    }
+    Ok(files)
+}
+
 /// Every non-empty document of every policy file under `paths`, in order. Files are
 /// bounded in size and in what their YAML aliases may expand to (see `crate::yaml`).
 pub fn read_documents(paths: &[PathBuf]) -> Result<Vec<Document>, Error> {
+    documents_of(&read_policy_files(paths)?)
+}
+
+/// Every non-empty document of `files`, in order.
+pub fn documents_of(files: &[PolicyFile]) -> Result<Vec<Document>, Error> {
     let mut documents = Vec::new();
-    for path in policy_files(paths)? {
-        let text = crate::yaml::read_text(&path)?;
-        let parsed = parse_documents(&text).map_err(|(index, message)| Error::Yaml {
-            path: path.clone(),
+    for file in files {
+        let parsed = parse_documents(&file.text).map_err(|(index, message)| Error::Yaml {
+            path: file.path.clone(),
             document: index,
             message,
         })?;
         documents.extend(parsed.into_iter().map(|(index, value)| Document {
-            path: path.clone(),
+            path: file.path.clone(),
             index,
             value,
         }));

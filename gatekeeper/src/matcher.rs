@@ -13,6 +13,7 @@
 //!   the constraint reports the matching error as a violation;
 //! - for UPDATE the constraint matches if the object *or* the old object matches.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde_json::Value;
@@ -420,12 +421,15 @@ fn optional_string(value: Option<&Value>, path: &str) -> Result<Option<String>, 
     }
 }
 
-fn labels(object: &Value) -> serde_json::Map<String, Value> {
-    object
+/// Borrowed: matching runs per constraint on every review, so the labels are not copied.
+fn labels(object: &Value) -> Cow<'_, serde_json::Map<String, Value>> {
+    match object
         .pointer("/metadata/labels")
         .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default()
+    {
+        Some(labels) => Cow::Borrowed(labels),
+        None => Cow::Owned(serde_json::Map::new()),
+    }
 }
 
 #[cfg(test)]

@@ -30,6 +30,7 @@ use crate::constraint::{Constraint, EnforcementAction};
 use crate::deprecated;
 use crate::error::Error;
 use crate::inventory::Inventory;
+use crate::load::PolicyFile;
 use crate::review::Review;
 use crate::schema;
 use crate::template::{RegoVersion, Template};
@@ -94,12 +95,18 @@ struct CompiledTemplate {
     pool: Mutex<Vec<regorus::Engine>>,
 }
 
+struct CompiledConstraint {
+    constraint: Constraint,
+    /// `input.parameters`, converted once (defaults applied) rather than on every review.
+    parameters: regorus::Value,
+}
+
 /// Compiled templates and their constraints. `Send + Sync`: share it behind an `Arc`.
 pub struct PolicySet {
     /// By template kind.
     templates: BTreeMap<String, CompiledTemplate>,
     /// By (kind, name): the order Gatekeeper reports results in.
-    constraints: BTreeMap<(String, String), Constraint>,
+    constraints: BTreeMap<(String, String), CompiledConstraint>,
     evaluation_timeout: Duration,
 }
 
@@ -174,9 +181,13 @@ impl PolicySet {
             })?;
             schema::apply_defaults(constraint.parameters_mut(), parameters_schema);
         }
+        let parameters = regorus::Value::from(constraint.parameters().clone());
         self.constraints.insert(
             (constraint.kind().to_owned(), constraint.name().to_owned()),
-            constraint,
+            CompiledConstraint {
+                constraint,
+                parameters,
+            },
         );
         Ok(())
     }
@@ -184,7 +195,13 @@ impl PolicySet {
     /// Every YAML/JSON file under `paths` (recursively, in sorted order; multi-document YAML):
     /// ConstraintTemplates first, then Constraints; other documents are ignored.
     pub fn load_paths(paths: &[PathBuf]) -> Result<PolicySet, Error> {
-        let documents = crate::load::read_documents(paths)?;
+        PolicySet::load_files(&crate::load::read_policy_files(paths)?)
+    }
+
+    /// As [`PolicySet::load_paths`], from files already read
+    /// ([`crate::load::read_policy_files`]).
+    pub fn load_files(files: &[PolicyFile]) -> Result<PolicySet, Error> {
+        let documents = crate::load::documents_of(files)?;
         let mut set = PolicySet::new();
         for document in documents.iter().filter(|document| document.is_template()) {
             let template = Template::from_value(&document.value)
@@ -207,7 +224,9 @@ impl PolicySet {
 
     /// Constraints ordered by kind, then name.
     pub fn constraints(&self) -> impl Iterator<Item = &Constraint> {
-        self.constraints.values()
+        self.constraints
+            .values()
+            .map(|compiled| &compiled.constraint)
     }
 
     pub fn template(&self, kind: &str) -> Option<&Template> {
@@ -251,7 +270,8 @@ impl PolicySet {
         let mut inventory_data: Option<regorus::Value> = None;
         let mut outcome = ReviewOutcome::default();
 
-        for ((kind, name), constraint) in &self.constraints {
+        for ((kind, name), compiled_constraint) in &self.constraints {
+            let constraint = &compiled_constraint.constraint;
             let compiled = self
                 .templates
                 .get(kind)
@@ -305,7 +325,7 @@ impl PolicySet {
                 fields.insert(regorus::Value::from("review"), review_value.clone());
                 fields.insert(
                     regorus::Value::from("parameters"),
-                    regorus::Value::from(constraint.parameters().clone()),
+                    compiled_constraint.parameters.clone(),
                 );
             }
             let results = match self.evaluate(compiled, input, data, constraint) {

@@ -35,7 +35,10 @@ use uuid::Uuid;
 
 use crate::{
     services,
-    support::{ALICE, BOB, TestApp, all_records, bundle_path, copy_tree, fingerprint, transfer},
+    support::{
+        ALICE, BOB, Backend, TestApp, all_records, bundle_path, copy_tree, fingerprint,
+        on_both_backends, transfer,
+    },
 };
 
 const BINARY: &str = env!("CARGO_BIN_EXE_countersign");
@@ -57,13 +60,6 @@ const STATE_WAIT_MS: u64 = 20_000;
 const POLL_INTERVAL_MS: u64 = 50;
 /// Bound on the audit sealer catching up (PostgreSQL; SQLite seals on append).
 const SEALED_WAIT_S: u64 = 30;
-
-/// The store a test body runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
 
 /// A held transfer as the 202 answer described it.
 #[derive(Debug, Clone)]
@@ -93,13 +89,7 @@ impl Harness {
     /// A gateway on a fresh store of `backend`; `None` (outside CI only) when PostgreSQL is
     /// not provisioned.
     async fn spawn(backend: Backend, adjust: impl FnOnce(&mut Config)) -> Option<Harness> {
-        let database_url = match backend {
-            Backend::Sqlite => None,
-            Backend::Postgres => {
-                let admin_url = services::shared_database_url()?;
-                Some(services::fresh_database(&admin_url).await)
-            }
-        };
+        let database_url = backend.fresh_database_url().await?;
         Some(Harness::spawn_on(backend, database_url, adjust).await)
     }
 
@@ -125,11 +115,7 @@ impl Harness {
             adjust(config);
         })
         .await;
-        let expected_backend = match backend {
-            Backend::Sqlite => "sqlite",
-            Backend::Postgres => "postgres",
-        };
-        assert_eq!(app.state.store.backend(), expected_backend);
+        assert_eq!(app.state.store.backend(), backend.name());
         let store_url =
             database_url.unwrap_or_else(|| format!("sqlite://{}", app.database_path().display()));
         let pki = &app.pki;
@@ -2338,29 +2324,6 @@ fn story_start(d0: &str) -> [(String, String, String, String); 2] {
 // ---------------------------------------------------------------------------------------------
 // Every test on both back ends
 // ---------------------------------------------------------------------------------------------
-
-/// `approvals::sqlite::<name>` and `approvals::postgres::<name>` for each test body.
-macro_rules! on_both_backends {
-    ($($test:ident),+ $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread")]
-                async fn $test() {
-                    super::$test(super::Backend::Sqlite).await;
-                }
-            )+
-        }
-
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread")]
-                async fn $test() {
-                    super::$test(super::Backend::Postgres).await;
-                }
-            )+
-        }
-    };
-}
 
 on_both_backends!(
     one_approval_flow_posts_after_one_approver,

@@ -20,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use countersign::config::{CheckpointsConfig, EncryptionConfig, StoreConfig};
+use countersign::config::{CheckpointsConfig, EncryptionConfig};
 use countersign_audit::{
     Keyring, SealedRecord,
     checkpoint::{Checkpoint, CheckpointSigner, CheckpointVerifier},
@@ -30,9 +30,8 @@ use countersign_audit::{
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::{
-    services,
-    support::{TestApp, all_records, fingerprint},
+use crate::support::{
+    Backend, TestApp, all_records, fingerprint, on_both_backends, spawn_on_backend,
 };
 
 /// Bound on waiting for the indexer (and the sealer on PostgreSQL) to catch up, and for a
@@ -48,12 +47,6 @@ const SHOP: &str = "FR1420041010050500013M02606";
 const UK_PAYER: &str = "GB29NWBK60161331926819";
 const UK_PAYEE: &str = "GB82WEST12345698765432";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
-
 /// A gateway with a checkpoint key and an encryption keyring, and its store URL.
 struct Workspace {
     app: TestApp,
@@ -66,13 +59,6 @@ struct Workspace {
 
 impl Workspace {
     async fn spawn(backend: Backend) -> Option<Workspace> {
-        let database_url = match backend {
-            Backend::Sqlite => None,
-            Backend::Postgres => {
-                let admin_url = services::shared_database_url()?;
-                Some(services::fresh_database(&admin_url).await)
-            }
-        };
         let keys = tempfile::TempDir::new().unwrap();
         let signer = CheckpointSigner::generate().unwrap();
         let key_path = keys.path().join("checkpoint.key");
@@ -86,11 +72,7 @@ impl Workspace {
         )
         .unwrap();
         let keyring = Keyring::load(&keyring_path).unwrap();
-        let store = database_url.clone();
-        let app = TestApp::spawn_with(move |config| {
-            if let Some(url) = store {
-                config.store = StoreConfig::new(url);
-            }
+        let (app, store_url) = spawn_on_backend(backend, move |config| {
             config.audit.checkpoints = CheckpointsConfig {
                 signing_key_file: Some(key_path),
                 interval_seconds: 1,
@@ -100,9 +82,7 @@ impl Workspace {
                 key_file: keyring_path,
             });
         })
-        .await;
-        let store_url =
-            database_url.unwrap_or_else(|| format!("sqlite://{}", app.database_path().display()));
+        .await?;
         Some(Workspace {
             app,
             store_url,
@@ -371,30 +351,22 @@ async fn every_filter_returns_exactly_the_matching_records(backend: Backend) {
         .replace_nanosecond(middle.nanosecond() / 1_000 * 1_000)
         .unwrap();
 
-    check(&workspace, &all, indexed, "kind=posting", |r| {
-        r.record.kind.as_str() == "posting"
-    })
-    .await;
-    check(&workspace, &all, indexed, "kind=reservation", |r| {
-        r.record.kind.as_str() == "reservation"
-    })
-    .await;
-    check(&workspace, &all, indexed, "kind=approval", |r| {
-        r.record.kind.as_str() == "approval"
-    })
-    .await;
-    check(&workspace, &all, indexed, "outcome=deny", |r| {
-        r.record.outcome.as_str() == "deny"
-    })
-    .await;
-    check(&workspace, &all, indexed, "outcome=pending", |r| {
-        r.record.outcome.as_str() == "pending"
-    })
-    .await;
-    check(&workspace, &all, indexed, "outcome=posted", |r| {
-        r.record.outcome.as_str() == "posted"
-    })
-    .await;
+    for kind in ["posting", "reservation", "approval"] {
+        check(&workspace, &all, indexed, &format!("kind={kind}"), |r| {
+            r.record.kind.as_str() == kind
+        })
+        .await;
+    }
+    for outcome in ["deny", "pending", "posted"] {
+        check(
+            &workspace,
+            &all,
+            indexed,
+            &format!("outcome={outcome}"),
+            |r| r.record.outcome.as_str() == outcome,
+        )
+        .await;
+    }
     check(&workspace, &all, indexed, "subject_cn=teller-client", |r| {
         r.record.subject.common_name.as_deref() == Some("teller-client")
     })
@@ -1387,28 +1359,6 @@ async fn reseal_after_edit(url: &str, sequence: i64) {
         previous = hash;
     }
     tamper(url, &sql).await;
-}
-
-macro_rules! on_both_backends {
-    ($($test:ident),+ $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread")]
-                async fn $test() {
-                    super::$test(super::Backend::Sqlite).await;
-                }
-            )+
-        }
-
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread")]
-                async fn $test() {
-                    super::$test(super::Backend::Postgres).await;
-                }
-            )+
-        }
-    };
 }
 
 on_both_backends!(

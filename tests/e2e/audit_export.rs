@@ -21,17 +21,14 @@ use std::{
     time::Duration,
 };
 
-use countersign::config::{CheckpointsConfig, StoreConfig};
+use countersign::config::CheckpointsConfig;
 use countersign_audit::{
     SealedRecord,
     checkpoint::{Checkpoint, CheckpointSigner},
 };
 use serde_json::{Value, json};
 
-use crate::{
-    services,
-    support::{TestApp, all_records},
-};
+use crate::support::{Backend, TestApp, all_records, on_both_backends, spawn_on_backend};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_countersign");
 
@@ -43,12 +40,6 @@ const SUPPLIER: &str = "DE89370400440532013000";
 const UK_PAYER: &str = "GB29NWBK60161331926819";
 const UK_PAYEE: &str = "GB82WEST12345698765432";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Sqlite,
-    Postgres,
-}
-
 /// A gateway with a checkpoint signing key, and the files an auditor's CLI needs.
 struct Auditor {
     app: TestApp,
@@ -59,29 +50,18 @@ struct Auditor {
 
 impl Auditor {
     async fn spawn(backend: Backend) -> Option<Auditor> {
-        let database_url = match backend {
-            Backend::Sqlite => None,
-            Backend::Postgres => {
-                let admin_url = services::shared_database_url()?;
-                Some(services::fresh_database(&admin_url).await)
-            }
-        };
         let files = tempfile::TempDir::new().unwrap();
         let signer = CheckpointSigner::generate().unwrap();
         let key_path = files.path().join("checkpoint.key");
         std::fs::write(&key_path, signer.private_key_pem()).unwrap();
-        let store = database_url.clone();
-        let app = TestApp::spawn_with(move |config| {
-            if let Some(url) = store {
-                config.store = StoreConfig::new(url);
-            }
+        let (app, store_url) = spawn_on_backend(backend, move |config| {
             config.audit.checkpoints = CheckpointsConfig {
                 signing_key_file: Some(key_path),
                 interval_seconds: 1,
                 records_max: 8,
             };
         })
-        .await;
+        .await?;
         let auditor = &app.pki.clients["auditor"];
         std::fs::write(files.path().join("auditor.crt"), &auditor.certificate_pem).unwrap();
         std::fs::write(files.path().join("auditor.key"), &auditor.private_key_pem).unwrap();
@@ -89,8 +69,6 @@ impl Auditor {
         let channel = &app.pki.clients["channel"];
         std::fs::write(files.path().join("channel.crt"), &channel.certificate_pem).unwrap();
         std::fs::write(files.path().join("channel.key"), &channel.private_key_pem).unwrap();
-        let store_url =
-            database_url.unwrap_or_else(|| format!("sqlite://{}", app.database_path().display()));
         Some(Auditor {
             app,
             store_url,
@@ -343,7 +321,8 @@ async fn exports_verify_offline_and_tampering_is_named(backend: Backend) {
     );
     assert_eq!(audited.record.result["first_sequence"], 1);
 
-    // Tampering, each named.
+    // Tampering, each named: (name, the tampered export, what verification must name).
+    let mut tampered_exports: Vec<(&str, Vec<Value>, String)> = Vec::new();
     let posting = records
         .iter()
         .find(|record| record.record.action == "ledger.post" && (record.sequence as u64) < last - 2)
@@ -352,25 +331,11 @@ async fn exports_verify_offline_and_tampering_is_named(backend: Backend) {
     let mut edited = lines.clone();
     let index = record_index(&edited, posting);
     edited[index]["masked_input"]["amount"] = json!("1.00");
-    expect_tampered(
-        &auditor,
-        &public_key,
-        "edited",
-        &edited,
-        &format!("record {posting}"),
-    )
-    .await;
+    tampered_exports.push(("edited", edited, format!("record {posting}")));
 
     let mut deleted = lines.clone();
     deleted.remove(record_index(&deleted, posting));
-    expect_tampered(
-        &auditor,
-        &public_key,
-        "deleted",
-        &deleted,
-        &format!("record {posting}"),
-    )
-    .await;
+    tampered_exports.push(("deleted", deleted, format!("record {posting}")));
 
     let mut reordered = lines.clone();
     let index = record_index(&reordered, posting);
@@ -380,14 +345,7 @@ async fn exports_verify_offline_and_tampering_is_named(backend: Backend) {
         reordered = lines.clone();
         reordered.swap(index, index + 2);
     }
-    expect_tampered(
-        &auditor,
-        &public_key,
-        "reordered",
-        &reordered,
-        &format!("record {posting}"),
-    )
-    .await;
+    tampered_exports.push(("reordered", reordered, format!("record {posting}")));
 
     // A forged copy of the posting inserted after it, renumbered to take the next place.
     let mut inserted = lines.clone();
@@ -396,14 +354,7 @@ async fn exports_verify_offline_and_tampering_is_named(backend: Backend) {
     forged["sequence"] = json!(posting + 1);
     forged["previous_hash"] = inserted[index]["hash"].clone();
     inserted.insert(index + 1, forged);
-    expect_tampered(
-        &auditor,
-        &public_key,
-        "inserted",
-        &inserted,
-        &format!("record {}", posting + 1),
-    )
-    .await;
+    tampered_exports.push(("inserted", inserted, format!("record {}", posting + 1)));
 
     // The covering checkpoint re-signed by another key.
     let mut swapped = lines.clone();
@@ -419,14 +370,14 @@ async fn exports_verify_offline_and_tampering_is_named(backend: Backend) {
     let mut forged_json = serde_json::to_value(&forged).unwrap();
     forged_json["type"] = json!("checkpoint");
     swapped[index] = forged_json;
-    expect_tampered(
-        &auditor,
-        &public_key,
+    tampered_exports.push((
         "swapped-checkpoint",
-        &swapped,
-        &format!("checkpoint {}", genuine.tree_size),
-    )
-    .await;
+        swapped,
+        format!("checkpoint {}", genuine.tree_size),
+    ));
+    for (name, tampered, expected) in &tampered_exports {
+        expect_tampered(&auditor, &public_key, name, tampered, expected).await;
+    }
 
     // The wrong public key refuses the untouched export; a missing file is exit 2.
     let other_key = auditor.path("other.pub");
@@ -718,28 +669,6 @@ async fn a_large_export_streams_page_by_page(backend: Backend) {
             .contains(&format!("records      {records} verified")),
         "{run}"
     );
-}
-
-macro_rules! on_both_backends {
-    ($($test:ident),+ $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread")]
-                async fn $test() {
-                    super::$test(super::Backend::Sqlite).await;
-                }
-            )+
-        }
-
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread")]
-                async fn $test() {
-                    super::$test(super::Backend::Postgres).await;
-                }
-            )+
-        }
-    };
 }
 
 on_both_backends!(

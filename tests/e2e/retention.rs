@@ -11,11 +11,12 @@ use countersign::config::{CheckpointsConfig, StoreConfig};
 use countersign_audit::checkpoint::CheckpointSigner;
 use sqlx::{ConnectOptions, Connection};
 
-use crate::{services, support::TestApp, support::transfer};
+use crate::{
+    services,
+    support::{ALICE, BOB, TestApp, transfer},
+};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_countersign");
-const ALICE: &str = "DE89370400440532013000";
-const BOB: &str = "FR1420041010050500013M02606";
 const TRANSFERS: usize = 12;
 
 struct Run {
@@ -125,36 +126,32 @@ async fn prune_drops_old_months_and_the_rest_still_verifies() {
     let url = database_url.as_str();
     let key = key_path.to_str().unwrap();
     let public = public_path.to_str().unwrap();
-    assert_eq!(
-        countersign(&["audit", "verify", "--store", url, "--public-key", public]).code,
-        0
-    );
+    let prune_with = |before: &str, extra: &[&str]| {
+        let mut args = vec![
+            "audit",
+            "prune",
+            "--store",
+            url,
+            "--before",
+            before,
+            "--signing-key",
+            key,
+        ];
+        args.extend_from_slice(extra);
+        countersign(&args)
+    };
+    let prune = |before: &str| prune_with(before, &[]);
+    let prune_dry_run = |before: &str| prune_with(before, &["--dry-run"]);
+    let verify = || countersign(&["audit", "verify", "--store", url, "--public-key", public]);
+    assert_eq!(verify().code, 0);
 
     // A cutoff inside the retention period is refused, whatever is stored.
-    let young = countersign(&[
-        "audit",
-        "prune",
-        "--store",
-        url,
-        "--before",
-        "2026-10-01",
-        "--signing-key",
-        key,
-    ]);
+    let young = prune("2026-10-01");
     assert_eq!(young.code, 1, "{}", young.stdout);
     assert!(young.stdout.contains("retention"), "{}", young.stdout);
 
     // Nothing is that old yet.
-    let nothing = countersign(&[
-        "audit",
-        "prune",
-        "--store",
-        url,
-        "--before",
-        "2024-02-01",
-        "--signing-key",
-        key,
-    ]);
+    let nothing = prune("2024-02-01");
     assert_eq!(nothing.code, 0, "{}", nothing.stdout);
     assert!(
         nothing.stdout.contains("nothing to prune"),
@@ -172,48 +169,20 @@ async fn prune_drops_old_months_and_the_rest_still_verifies() {
          WHERE record_id = (SELECT record_id FROM audit_seals WHERE sequence = 5);",
     )
     .await;
-    let holey = countersign(&[
-        "audit",
-        "prune",
-        "--store",
-        url,
-        "--before",
-        "2024-02-01",
-        "--signing-key",
-        key,
-    ]);
+    let holey = prune("2024-02-01");
     assert_eq!(holey.code, 1, "{}", holey.stdout);
     assert!(holey.stdout.contains("cut the chain"), "{}", holey.stdout);
 
     // A clean prefix prunes: checkpoint first, partition dropped, chain starts after it.
     backdate_prefix(url, pruned).await;
-    let dry = countersign(&[
-        "audit",
-        "prune",
-        "--store",
-        url,
-        "--before",
-        "2024-02-01",
-        "--signing-key",
-        key,
-        "--dry-run",
-    ]);
+    let dry = prune_dry_run("2024-02-01");
     assert_eq!(dry.code, 0, "{}", dry.stdout);
     assert_eq!(
         scalar_i64(url, "SELECT COUNT(*) FROM audit_records").await,
         total
     );
     let checkpoints_before = scalar_i64(url, "SELECT COUNT(*) FROM audit_checkpoints").await;
-    let done = countersign(&[
-        "audit",
-        "prune",
-        "--store",
-        url,
-        "--before",
-        "2024-02-01",
-        "--signing-key",
-        key,
-    ]);
+    let done = prune("2024-02-01");
     assert_eq!(done.code, 0, "{}", done.stdout);
     assert!(
         done.stdout
@@ -245,7 +214,7 @@ async fn prune_drops_old_months_and_the_rest_still_verifies() {
 
     // What is left verifies: chain from the anchor, checkpoints, the anchor against its
     // signed checkpoint.
-    let verified = countersign(&["audit", "verify", "--store", url, "--public-key", public]);
+    let verified = verify();
     assert_eq!(verified.code, 0, "{}", verified.stdout);
 
     // The gateway keeps working on the pruned store: new records seal after the anchor.
@@ -257,7 +226,7 @@ async fn prune_drops_old_months_and_the_rest_still_verifies() {
     let store = app.state.store.clone();
     assert!(store.wait_sealed(Duration::from_secs(10)).await.unwrap());
     app.stop().await;
-    let again = countersign(&["audit", "verify", "--store", url, "--public-key", public]);
+    let again = verify();
     assert_eq!(again.code, 0, "{}", again.stdout);
 
     // A forged anchor (claiming more was pruned, to hide a cut) does not verify.
@@ -273,7 +242,7 @@ async fn prune_drops_old_months_and_the_rest_still_verifies() {
         ),
     )
     .await;
-    let forged = countersign(&["audit", "verify", "--store", url, "--public-key", public]);
+    let forged = verify();
     assert_eq!(forged.code, 1, "{}", forged.stdout);
     assert!(forged.stdout.contains("anchor"), "{}", forged.stdout);
     drop(keys);

@@ -20,7 +20,7 @@ use tempfile::TempDir;
 
 use crate::{
     services,
-    support::{ALICE, BOB, TestApp, all_records, transfer},
+    support::{ALICE, BOB, Backend, TestApp, all_records, on_both_backends, transfer},
 };
 
 const OLD_KEK: &str = "kek-2026-05";
@@ -28,12 +28,6 @@ const NEW_KEK: &str = "kek-2026-11";
 const REMITTANCE: &str = "Invoice 4711 rent flat 3b Hauptstrasse 12";
 /// Bound on the PostgreSQL sealer catching up before records are read.
 const SEALED_WAIT_S: u64 = 30;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
 
 /// One store that several gateways (restarts) run on, and the key files they use.
 struct Setup {
@@ -98,11 +92,7 @@ impl Setup {
             });
         })
         .await;
-        let expected = match self.backend {
-            Backend::Sqlite => "sqlite",
-            Backend::Postgres => "postgres",
-        };
-        assert_eq!(app.state.store.backend(), expected);
+        assert_eq!(app.state.store.backend(), self.backend.name());
         app
     }
 }
@@ -285,6 +275,18 @@ fn assert_masked(row: &RawRow, secrets: &[&str]) {
     }
 }
 
+/// The revealer's reveal of `record_id` is refused with `status` and `code`, and the refusal
+/// is audited (outcome deny, the code as the reason).
+async fn assert_revealer_refused(app: &TestApp, record_id: &str, status: u16, code: &str) {
+    let (answered_status, body, _) = reveal(app, "revealer", record_id).await;
+    assert_eq!(
+        (answered_status, body["code"].as_str()),
+        (status, Some(code)),
+        "{body}"
+    );
+    assert_reveal_audited(app, "revealer", record_id, false, code, "deny").await;
+}
+
 /// Asserts the audit record of the last reveal: who, which record, allowed or why not.
 async fn assert_reveal_audited(
     app: &TestApp,
@@ -380,20 +382,7 @@ async fn sealed_inputs_reveal_to_the_revealer_only_and_survive_rotation(backend:
     }
     // No such record; a record without a sealed input (the posting); not a UUID.
     let missing = uuid::Uuid::now_v7().to_string();
-    let (status, body, _) = reveal(&app, "revealer", &missing).await;
-    assert_eq!(
-        (status, body["code"].as_str()),
-        (404, Some("audit_record.not_found"))
-    );
-    assert_reveal_audited(
-        &app,
-        "revealer",
-        &missing,
-        false,
-        "audit_record.not_found",
-        "deny",
-    )
-    .await;
+    assert_revealer_refused(&app, &missing, 404, "audit_record.not_found").await;
     let posting = decision_record(&app, "transfer.create", &decision_id).await;
     let posting_id = records(&app)
         .await
@@ -406,34 +395,8 @@ async fn sealed_inputs_reveal_to_the_revealer_only_and_survive_rotation(backend:
         .record
         .record_id
         .to_string();
-    let (status, body, _) = reveal(&app, "revealer", &posting_id).await;
-    assert_eq!(
-        (status, body["code"].as_str()),
-        (404, Some("audit_input.not_found"))
-    );
-    assert_reveal_audited(
-        &app,
-        "revealer",
-        &posting_id,
-        false,
-        "audit_input.not_found",
-        "deny",
-    )
-    .await;
-    let (status, body, _) = reveal(&app, "revealer", "not-a-uuid").await;
-    assert_eq!(
-        (status, body["code"].as_str()),
-        (400, Some("record_id.invalid"))
-    );
-    assert_reveal_audited(
-        &app,
-        "revealer",
-        "not-a-uuid",
-        false,
-        "record_id.invalid",
-        "deny",
-    )
-    .await;
+    assert_revealer_refused(&app, &posting_id, 404, "audit_input.not_found").await;
+    assert_revealer_refused(&app, "not-a-uuid", 400, "record_id.invalid").await;
 
     // An approval step: held (above 1,000,000.00), approved; its decision is sealed too.
     let (status, body) = post_transfer(&app, "reveal-held-1", "2000000.00").await;
@@ -577,20 +540,7 @@ async fn sealed_inputs_reveal_to_the_revealer_only_and_survive_rotation(backend:
     .record
     .record_id
     .to_string();
-    let (status, body, _) = reveal(&app, "revealer", &plain).await;
-    assert_eq!(
-        (status, body["code"].as_str()),
-        (409, Some("reveal.not_configured"))
-    );
-    assert_reveal_audited(
-        &app,
-        "revealer",
-        &plain,
-        false,
-        "reveal.not_configured",
-        "deny",
-    )
-    .await;
+    assert_revealer_refused(&app, &plain, 409, "reveal.not_configured").await;
     let verify = app.state.store.verify_audit().await.unwrap();
     assert!(verify.is_intact(), "{verify:?}");
     drop(app.stop().await);
@@ -629,28 +579,6 @@ async fn a_bad_key_file_stops_the_start_without_printing_keys() {
         !error.contains(secret) && !error.contains(&secret[..12]),
         "{error}"
     );
-}
-
-macro_rules! on_both_backends {
-    ($($test:ident),+ $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread")]
-                async fn $test() {
-                    super::$test(super::Backend::Sqlite).await;
-                }
-            )+
-        }
-
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread")]
-                async fn $test() {
-                    super::$test(super::Backend::Postgres).await;
-                }
-            )+
-        }
-    };
 }
 
 on_both_backends!(sealed_inputs_reveal_to_the_revealer_only_and_survive_rotation);

@@ -25,6 +25,8 @@ use time::OffsetDateTime;
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 use uuid::Uuid;
 
+use crate::services;
+
 /// Roles with a valid client certificate in every test PKI.
 pub const ROLES: &[&str] = countersign::config::KNOWN_ROLES;
 
@@ -461,3 +463,79 @@ pub async fn indexed_through_head(app: &TestApp) -> u64 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The store a test body runs on; `on_both_backends!` runs each body on both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// The name `Store::backend` reports for this back end.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+
+    /// A fresh PostgreSQL database for `Postgres`, nothing for `Sqlite` (the gateway's own
+    /// file); `None` (outside CI only) when PostgreSQL is not provisioned.
+    pub async fn fresh_database_url(self) -> Option<Option<String>> {
+        match self {
+            Backend::Sqlite => Some(None),
+            Backend::Postgres => {
+                let admin_url = services::shared_database_url()?;
+                Some(Some(services::fresh_database(&admin_url).await))
+            }
+        }
+    }
+}
+
+/// A gateway on a fresh store of `backend` (`adjust` as in `TestApp::spawn_with`), and that
+/// store's URL for `countersign audit … --store`; `None` (outside CI only) when PostgreSQL is
+/// not provisioned.
+pub async fn spawn_on_backend(
+    backend: Backend,
+    adjust: impl FnOnce(&mut Config),
+) -> Option<(TestApp, String)> {
+    let database_url = backend.fresh_database_url().await?;
+    let store = database_url.clone();
+    let app = TestApp::spawn_with(move |config| {
+        if let Some(url) = store {
+            config.store = StoreConfig::new(url);
+        }
+        adjust(config);
+    })
+    .await;
+    assert_eq!(app.state.store.backend(), backend.name());
+    let store_url =
+        database_url.unwrap_or_else(|| format!("sqlite://{}", app.database_path().display()));
+    Some((app, store_url))
+}
+
+/// `<module>::sqlite::<name>` and `<module>::postgres::<name>` for each test body
+/// `async fn name(backend: Backend)` of the calling module.
+macro_rules! on_both_backends {
+    ($($test:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $test() {
+                    super::$test($crate::support::Backend::Sqlite).await;
+                }
+            )+
+        }
+
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $test() {
+                    super::$test($crate::support::Backend::Postgres).await;
+                }
+            )+
+        }
+    };
+}
+pub(crate) use on_both_backends;

@@ -10,21 +10,20 @@
 
 use std::collections::HashMap;
 
-use sqlx::postgres::PgRow;
 use sqlx::{Connection, PgConnection, PgPool, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::sqlite::{bucket_seconds, node_hash_of, node_id};
 use super::{
-    Batch, Bind, CHECKPOINTS_PAGE_MAX, CheckpointWalk, CheckpointsReport, CurrencyExponent,
-    INDEX_BATCH_RECORDS_MAX, IndexStep, NODE_IDS_MAX, StatsBucket, StatsRow, StoredRow,
-    append_rows, build_batch, dense_stats, floor_micros, number_placeholders, parse_tokens,
-    search_plan, stats_buckets,
+    Batch, Bind, CHECKPOINT_COLUMNS, CHECKPOINTS_PAGE_MAX, CheckpointWalk, CheckpointsReport,
+    CurrencyExponent, INDEX_BATCH_RECORDS_MAX, IndexStep, NODE_IDS_MAX, StatsBucket, StatsRow,
+    StoredRow, append_rows, build_batch, chain_hash_of, decode_checkpoint, decode_sealed,
+    dense_stats, floor_micros, frontier_from, leaf_node, minute_bounds, node_hash_of, node_id,
+    number_placeholders, parse_tokens, search_plan, sequence_of, size_of, stats_buckets,
 };
 use crate::checkpoint::{Checkpoint, CheckpointSigner, CheckpointVerifier};
-use crate::encoding::{GENESIS_PREVIOUS_HASH, format_timestamp, parse_timestamp};
-use crate::merkle::{self, Frontier, Hash, NodeId};
+use crate::encoding::{GENESIS_PREVIOUS_HASH, format_timestamp};
+use crate::merkle::{Frontier, Hash, NodeId};
 use crate::verify::{StoredSeal, hash_from_bytes};
 use crate::{AuditError, SealedRecord};
 
@@ -33,25 +32,6 @@ const SEALED_COLUMNS: &str = "s.sequence, s.previous_hash, s.hash, r.record_id::
      r.kind, r.decision_id, r.timestamp, r.subject_fingerprint, r.subject_common_name, \
      r.subject_roles, r.source_address, r.action, r.masked_input, r.result, r.bundle_revision, \
      r.outcome, r.redaction";
-
-const CHECKPOINT_COLUMNS: &str = "tree_size, root_hash, timestamp, key_id, signature";
-
-fn decode_row(row: &PgRow) -> Result<SealedRecord, AuditError> {
-    let sequence: i64 = row.try_get("sequence")?;
-    StoredSeal::from_row(row)
-        .and_then(|stored| stored.into_sealed(sequence))
-        .map_err(|reason| AuditError::CorruptRecord { sequence, reason })
-}
-
-fn size_of(value: i64) -> Result<u64, AuditError> {
-    u64::try_from(value).map_err(|_| AuditError::CorruptIndex {
-        reason: format!("negative tree size {value}"),
-    })
-}
-
-fn sequence_of(size: u64) -> Result<i64, AuditError> {
-    i64::try_from(size).map_err(|_| AuditError::SequenceExhausted)
-}
 
 async fn read_size(conn: &mut PgConnection) -> Result<u64, AuditError> {
     let size: Option<i64> =
@@ -99,18 +79,8 @@ async fn fetch_nodes(
                 .fetch_all(&mut *conn)
                 .await?;
         for (sequence, hash) in rows {
-            let chain_hash =
-                hash_from_bytes(&hash).map_err(|reason| AuditError::CorruptRecord {
-                    sequence,
-                    reason: format!("hash: {reason}"),
-                })?;
-            found.insert(
-                NodeId {
-                    level: 0,
-                    index: size_of(sequence - 1)?,
-                },
-                merkle::leaf_hash(&chain_hash),
-            );
+            let (id, leaf) = leaf_node(sequence, &chain_hash_of(sequence, &hash)?)?;
+            found.insert(id, leaf);
         }
         // A leaf whose seal was pruned (retention) is still known at a prune anchor: the last
         // pruned record's chain hash, which the anchor's signed checkpoint vouches for.
@@ -133,13 +103,8 @@ async fn fetch_nodes(
                         sequence,
                         reason: format!("prune anchor hash: {reason}"),
                     })?;
-                found.insert(
-                    NodeId {
-                        level: 0,
-                        index: size_of(sequence - 1)?,
-                    },
-                    merkle::leaf_hash(&chain_hash),
-                );
+                let (id, leaf) = leaf_node(sequence, &chain_hash)?;
+                found.insert(id, leaf);
             }
         }
     }
@@ -149,16 +114,7 @@ async fn fetch_nodes(
 async fn load_frontier(conn: &mut PgConnection, size: u64) -> Result<Frontier, AuditError> {
     let ids = Frontier::node_ids(size);
     let nodes = fetch_nodes(conn, &ids).await?;
-    let hashes = ids
-        .iter()
-        .map(|id| {
-            nodes
-                .get(id)
-                .copied()
-                .ok_or(merkle::MerkleError::MissingNode(*id))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Frontier::from_nodes(size, hashes)?)
+    frontier_from(size, &ids, &nodes)
 }
 
 async fn chain_hash_at(conn: &mut PgConnection, sequence: i64) -> Result<Hash, AuditError> {
@@ -174,10 +130,7 @@ async fn chain_hash_at(conn: &mut PgConnection, sequence: i64) -> Result<Hash, A
         sequence,
         reason: "the record the tree ends with is gone from the chain".to_owned(),
     })?;
-    hash_from_bytes(&hash).map_err(|reason| AuditError::CorruptRecord {
-        sequence,
-        reason: format!("hash: {reason}"),
-    })
+    chain_hash_of(sequence, &hash)
 }
 
 /// Account tokens of records with sealed inputs, and of decision records by decision id.
@@ -328,78 +281,20 @@ async fn write_batch(
                               $6::text[], $7::uuid[], $8::text[], $9::text[], $10::text[], \
                               $11::int8[], $12::text[])",
     )
-    .bind(
-        entries
-            .iter()
-            .map(|entry| entry.sequence)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        entries
-            .iter()
-            .map(|entry| entry.record_id)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        entries
-            .iter()
-            .map(|entry| floor_micros(entry.at))
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        entries
-            .iter()
-            .map(|entry| entry.kind.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        entries
-            .iter()
-            .map(|entry| entry.action.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        entries
-            .iter()
-            .map(|entry| entry.outcome.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        entries
-            .iter()
-            .map(|entry| entry.decision_id)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        entries
-            .iter()
-            .map(|entry| entry.subject_fingerprint.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        entries
-            .iter()
-            .map(|entry| entry.subject_common_name.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        entries
-            .iter()
-            .map(|entry| entry.bundle_revision.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        entries
-            .iter()
-            .map(|entry| entry.amount_minor)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        entries
-            .iter()
-            .map(|entry| entry.currency.as_deref())
-            .collect::<Vec<_>>(),
-    )
+    .bind(column(entries, |entry| entry.sequence))
+    .bind(column(entries, |entry| entry.record_id))
+    .bind(column(entries, |entry| floor_micros(entry.at)))
+    .bind(column(entries, |entry| entry.kind.as_str()))
+    .bind(column(entries, |entry| entry.action.as_str()))
+    .bind(column(entries, |entry| entry.outcome.as_str()))
+    .bind(column(entries, |entry| entry.decision_id))
+    .bind(column(entries, |entry| entry.subject_fingerprint.as_str()))
+    .bind(column(entries, |entry| {
+        entry.subject_common_name.as_deref()
+    }))
+    .bind(column(entries, |entry| entry.bundle_revision.as_str()))
+    .bind(column(entries, |entry| entry.amount_minor))
+    .bind(column(entries, |entry| entry.currency.as_deref()))
     .execute(&mut *conn)
     .await?;
     let (roles, role_sequences): (Vec<&str>, Vec<i64>) = entries
@@ -438,9 +333,6 @@ async fn write_batch(
     }
     let minutes: Vec<i64> = batch.minutes.keys().copied().collect();
     let deltas: Vec<&super::MinuteDelta> = batch.minutes.values().collect();
-    let column = |pick: fn(&super::MinuteDelta) -> i64| {
-        deltas.iter().map(|delta| pick(delta)).collect::<Vec<i64>>()
-    };
     sqlx::query(
         "INSERT INTO audit_index_minutes (minute, first_sequence, last_sequence, records, \
          decisions_allow, decisions_deny, decisions_pending, decisions_error) \
@@ -456,34 +348,21 @@ async fn write_batch(
            decisions_error = audit_index_minutes.decisions_error + EXCLUDED.decisions_error",
     )
     .bind(minutes)
-    .bind(column(|delta| delta.first_sequence))
-    .bind(column(|delta| delta.last_sequence))
-    .bind(column(|delta| delta.records))
-    .bind(column(|delta| delta.decisions[0]))
-    .bind(column(|delta| delta.decisions[1]))
-    .bind(column(|delta| delta.decisions[2]))
-    .bind(column(|delta| delta.decisions[3]))
+    .bind(column(&deltas, |delta| delta.first_sequence))
+    .bind(column(&deltas, |delta| delta.last_sequence))
+    .bind(column(&deltas, |delta| delta.records))
+    .bind(column(&deltas, |delta| delta.decisions[0]))
+    .bind(column(&deltas, |delta| delta.decisions[1]))
+    .bind(column(&deltas, |delta| delta.decisions[2]))
+    .bind(column(&deltas, |delta| delta.decisions[3]))
     .execute(&mut *conn)
     .await?;
     Ok(())
 }
 
-fn decode_checkpoint(row: &PgRow) -> Result<Checkpoint, AuditError> {
-    let tree_size: i64 = row.try_get("tree_size")?;
-    let corrupt = |reason: String| AuditError::CorruptIndex {
-        reason: format!("checkpoint at tree size {tree_size}: {reason}"),
-    };
-    let root: Vec<u8> = row.try_get("root_hash")?;
-    let timestamp: String = row.try_get("timestamp")?;
-    let signature: Vec<u8> = row.try_get("signature")?;
-    Ok(Checkpoint {
-        tree_size: size_of(tree_size)?,
-        root_hash: hash_from_bytes(&root).map_err(corrupt)?,
-        timestamp: parse_timestamp(&timestamp).map_err(|error| corrupt(error.to_string()))?,
-        key_id: row.try_get("key_id")?,
-        signature: <[u8; 64]>::try_from(signature.as_slice())
-            .map_err(|_| corrupt(format!("signature has {} bytes", signature.len())))?,
-    })
+/// One array per column of `items` for an `UNNEST` insert.
+fn column<'a, Item, Value>(items: &'a [Item], pick: impl Fn(&'a Item) -> Value) -> Vec<Value> {
+    items.iter().map(pick).collect()
 }
 
 /// Signs and stores a checkpoint at the current tree size. `None` for an empty tree; the
@@ -504,14 +383,7 @@ pub async fn write_checkpoint(
         transaction.rollback().await?;
         return Ok(None);
     }
-    let existing = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints WHERE tree_size = $1"
-    )))
-    .bind(sequence_of(size)?)
-    .fetch_optional(&mut *transaction)
-    .await?;
-    if let Some(row) = existing {
-        let checkpoint = decode_checkpoint(&row)?;
+    if let Some(checkpoint) = checkpoint_covering_exact(&mut transaction, size).await? {
         transaction.rollback().await?;
         return Ok(Some(checkpoint));
     }
@@ -625,15 +497,7 @@ async fn time_range(
     from: Option<OffsetDateTime>,
     to: Option<OffsetDateTime>,
 ) -> Result<Option<(i64, i64)>, AuditError> {
-    let from_minute = from.map_or(i64::MIN, super::minute_of);
-    let to_seconds = to.map_or(i64::MAX, |to| {
-        let seconds = to.unix_timestamp();
-        if to.nanosecond() == 0 {
-            seconds
-        } else {
-            seconds + 1
-        }
-    });
+    let (from_minute, to_seconds) = minute_bounds(from, to);
     let row: (Option<i64>, Option<i64>) = sqlx::query_as(
         "SELECT min(first_sequence), max(last_sequence) FROM audit_index_minutes \
          WHERE minute >= $1 AND minute < $2",
@@ -694,7 +558,7 @@ pub async fn query(
     }
     let rows = statement.fetch_all(&mut *snapshot).await?;
     snapshot.rollback().await?;
-    rows.iter().map(decode_row).collect()
+    rows.iter().map(decode_sealed).collect()
 }
 
 /// Where [`query`] would start and end for a time filter (for benchmarks and EXPLAIN).
@@ -716,7 +580,7 @@ pub async fn record(pool: &PgPool, record_id: Uuid) -> Result<Option<SealedRecor
     .bind(record_id)
     .fetch_optional(pool)
     .await?;
-    row.as_ref().map(decode_row).transpose()
+    row.as_ref().map(decode_sealed).transpose()
 }
 
 /// Decision records by outcome per bucket over `[floor(from), to)`, dense.
@@ -730,7 +594,7 @@ pub async fn stats(
     let (Some(first), Some(last)) = (starts.first(), starts.last()) else {
         return Ok(Vec::new());
     };
-    let width = bucket_seconds(bucket);
+    let width = bucket.seconds();
     let rows: Vec<(i64, i64, i64, i64, i64)> = sqlx::query_as(
         "SELECT minute - (minute % $1) AS start, sum(decisions_allow)::int8, \
          sum(decisions_deny)::int8, sum(decisions_pending)::int8, sum(decisions_error)::int8 \
@@ -741,17 +605,7 @@ pub async fn stats(
     .bind(last.unix_timestamp() + width)
     .fetch_all(pool)
     .await?;
-    let sparse = rows
-        .into_iter()
-        .map(|(start, allow, deny, pending, error)| {
-            let count = |value: i64| u64::try_from(value).unwrap_or(0);
-            (
-                start,
-                [count(allow), count(deny), count(pending), count(error)],
-            )
-        })
-        .collect();
-    Ok(dense_stats(&starts, &sparse))
+    Ok(dense_stats(&starts, rows))
 }
 
 /// Verifies the checkpoints and the stored tree against the sealed chain (see

@@ -13,15 +13,16 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::{
-    Batch, Bind, CHECKPOINTS_PAGE_MAX, CheckpointWalk, CheckpointsReport, CurrencyExponent,
-    INDEX_BATCH_RECORDS_MAX, IndexStep, NODE_IDS_MAX, StatsBucket, StatsRow, StoredRow,
-    append_rows, build_batch, dense_stats, number_placeholders, parse_tokens, search_plan,
-    stats_buckets,
+    Batch, Bind, CHECKPOINT_COLUMNS, CHECKPOINTS_PAGE_MAX, CheckpointWalk, CheckpointsReport,
+    CurrencyExponent, INDEX_BATCH_RECORDS_MAX, IndexStep, NODE_IDS_MAX, StatsBucket, StatsRow,
+    StoredRow, append_rows, build_batch, chain_hash_of, decode_checkpoint, decode_sealed,
+    dense_stats, frontier_from, leaf_node, minute_bounds, node_hash_of, node_id,
+    number_placeholders, parse_tokens, search_plan, sequence_of, size_of, stats_buckets,
 };
 use crate::checkpoint::{Checkpoint, CheckpointSigner, CheckpointVerifier};
-use crate::encoding::{GENESIS_PREVIOUS_HASH, format_timestamp, parse_timestamp};
-use crate::merkle::{self, Frontier, Hash, NodeId};
-use crate::verify::{StoredSeal, hash_from_bytes};
+use crate::encoding::{GENESIS_PREVIOUS_HASH, format_timestamp};
+use crate::merkle::{Frontier, Hash, NodeId};
+use crate::verify::StoredSeal;
 use crate::{AuditError, SealedRecord};
 
 /// Rows per multi-row INSERT: well inside SQLite's bound-variable limit (12 columns each).
@@ -119,19 +120,6 @@ pub async fn migrate(conn: &mut SqliteConnection) -> Result<(), AuditError> {
     Ok(())
 }
 
-fn decode_row(row: &sqlx::sqlite::SqliteRow) -> Result<SealedRecord, AuditError> {
-    let sequence: i64 = row.try_get("sequence")?;
-    StoredSeal::from_row(row)
-        .and_then(|stored| stored.into_sealed(sequence))
-        .map_err(|reason| AuditError::CorruptRecord { sequence, reason })
-}
-
-fn size_of(value: i64) -> Result<u64, AuditError> {
-    u64::try_from(value).map_err(|_| AuditError::CorruptIndex {
-        reason: format!("negative tree size {value}"),
-    })
-}
-
 async fn read_size(conn: &mut SqliteConnection) -> Result<u64, AuditError> {
     let size: Option<i64> =
         sqlx::query_scalar("SELECT tree_size FROM audit_index_state WHERE singleton = 1")
@@ -177,52 +165,18 @@ async fn fetch_nodes(
             builder.push(")");
             for row in builder.build().fetch_all(&mut *conn).await? {
                 let (sequence, hash): (i64, Vec<u8>) = (row.try_get(0)?, row.try_get(1)?);
-                let chain_hash =
-                    hash_from_bytes(&hash).map_err(|reason| AuditError::CorruptRecord {
-                        sequence,
-                        reason: format!("hash: {reason}"),
-                    })?;
-                found.insert(
-                    NodeId {
-                        level: 0,
-                        index: size_of(sequence - 1)?,
-                    },
-                    merkle::leaf_hash(&chain_hash),
-                );
+                let (id, leaf) = leaf_node(sequence, &chain_hash_of(sequence, &hash)?)?;
+                found.insert(id, leaf);
             }
         }
     }
     Ok(found)
 }
 
-pub(crate) fn node_id(level: i64, index: i64) -> Result<NodeId, AuditError> {
-    match (u8::try_from(level), u64::try_from(index)) {
-        (Ok(level), Ok(index)) if level < 64 => Ok(NodeId { level, index }),
-        _ => Err(AuditError::CorruptIndex {
-            reason: format!("stored node id ({level}, {index}) is out of range"),
-        }),
-    }
-}
-
-pub(crate) fn node_hash_of(bytes: &[u8]) -> Result<Hash, AuditError> {
-    hash_from_bytes(bytes).map_err(|reason| AuditError::CorruptIndex {
-        reason: format!("stored node hash: {reason}"),
-    })
-}
-
 async fn load_frontier(conn: &mut SqliteConnection, size: u64) -> Result<Frontier, AuditError> {
     let ids = Frontier::node_ids(size);
     let nodes = fetch_nodes(conn, &ids).await?;
-    let hashes = ids
-        .iter()
-        .map(|id| {
-            nodes
-                .get(id)
-                .copied()
-                .ok_or(crate::merkle::MerkleError::MissingNode(*id))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Frontier::from_nodes(size, hashes)?)
+    frontier_from(size, &ids, &nodes)
 }
 
 async fn chain_hash_at(conn: &mut SqliteConnection, sequence: i64) -> Result<Hash, AuditError> {
@@ -238,10 +192,7 @@ async fn chain_hash_at(conn: &mut SqliteConnection, sequence: i64) -> Result<Has
         sequence,
         reason: "the record the tree ends with is gone from the chain".to_owned(),
     })?;
-    hash_from_bytes(&hash).map_err(|reason| AuditError::CorruptRecord {
-        sequence,
-        reason: format!("hash: {reason}"),
-    })
+    chain_hash_of(sequence, &hash)
 }
 
 /// Account tokens of the records with sealed inputs among `record_ids`, and of the decision
@@ -312,7 +263,7 @@ pub async fn index_step(
     // Read phase: one snapshot, no write lock.
     let mut snapshot = conn.begin().await?;
     let size = read_size(&mut snapshot).await?;
-    let size_sequence = i64::try_from(size).map_err(|_| AuditError::SequenceExhausted)?;
+    let size_sequence = sequence_of(size)?;
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {RECORD_COLUMNS} FROM audit_records r WHERE r.sequence > ?1 ORDER BY r.sequence LIMIT ?2"
     )))
@@ -367,8 +318,8 @@ async fn write_batch(
     let advanced = sqlx::query(
         "UPDATE audit_index_state SET tree_size = ?1 WHERE singleton = 1 AND tree_size = ?2",
     )
-    .bind(i64::try_from(batch.tree_size).map_err(|_| AuditError::SequenceExhausted)?)
-    .bind(i64::try_from(size_before).map_err(|_| AuditError::SequenceExhausted)?)
+    .bind(sequence_of(batch.tree_size)?)
+    .bind(sequence_of(size_before)?)
     .execute(&mut *conn)
     .await?;
     if advanced.rows_affected() != 1 {
@@ -459,26 +410,6 @@ async fn write_batch(
     Ok(())
 }
 
-fn decode_checkpoint(row: &sqlx::sqlite::SqliteRow) -> Result<Checkpoint, AuditError> {
-    let tree_size: i64 = row.try_get("tree_size")?;
-    let corrupt = |reason: String| AuditError::CorruptIndex {
-        reason: format!("checkpoint at tree size {tree_size}: {reason}"),
-    };
-    let root: Vec<u8> = row.try_get("root_hash")?;
-    let timestamp: String = row.try_get("timestamp")?;
-    let signature: Vec<u8> = row.try_get("signature")?;
-    Ok(Checkpoint {
-        tree_size: size_of(tree_size)?,
-        root_hash: hash_from_bytes(&root).map_err(corrupt)?,
-        timestamp: parse_timestamp(&timestamp).map_err(|error| corrupt(error.to_string()))?,
-        key_id: row.try_get("key_id")?,
-        signature: <[u8; 64]>::try_from(signature.as_slice())
-            .map_err(|_| corrupt(format!("signature has {} bytes", signature.len())))?,
-    })
-}
-
-const CHECKPOINT_COLUMNS: &str = "tree_size, root_hash, timestamp, key_id, signature";
-
 /// Signs and stores a checkpoint at the current tree size, on the indexer's connection.
 /// `None` for an empty tree; the stored one if a checkpoint at this size exists already.
 pub async fn write_checkpoint(
@@ -492,7 +423,7 @@ pub async fn write_checkpoint(
         transaction.rollback().await?;
         return Ok(None);
     }
-    let size_i64 = i64::try_from(size).map_err(|_| AuditError::SequenceExhausted)?;
+    let size_i64 = sequence_of(size)?;
     let existing = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {CHECKPOINT_COLUMNS} FROM audit_checkpoints WHERE tree_size = ?1"
     )))
@@ -601,16 +532,7 @@ async fn time_range(
     from: Option<OffsetDateTime>,
     to: Option<OffsetDateTime>,
 ) -> Result<Option<(i64, i64)>, AuditError> {
-    let from_minute = from.map_or(i64::MIN, super::minute_of);
-    let to_seconds = to.map_or(i64::MAX, |to| {
-        // Minutes that start before `to`.
-        let seconds = to.unix_timestamp();
-        if to.nanosecond() == 0 {
-            seconds
-        } else {
-            seconds + 1
-        }
-    });
+    let (from_minute, to_seconds) = minute_bounds(from, to);
     let row: (Option<i64>, Option<i64>) = sqlx::query_as(
         "SELECT min(first_sequence), max(last_sequence) FROM audit_index_minutes \
          WHERE minute >= ?1 AND minute < ?2",
@@ -659,7 +581,7 @@ pub async fn query(
     }
     let rows = statement.fetch_all(&mut *snapshot).await?;
     snapshot.rollback().await?;
-    rows.iter().map(decode_row).collect()
+    rows.iter().map(decode_sealed).collect()
 }
 
 /// The sealed record with `record_id`, if any.
@@ -673,7 +595,7 @@ pub async fn record(
     .bind(record_id.hyphenated().to_string())
     .fetch_optional(pool)
     .await?;
-    row.as_ref().map(decode_row).transpose()
+    row.as_ref().map(decode_sealed).transpose()
 }
 
 /// Decision records by outcome per bucket over `[floor(from), to)`, dense (empty buckets
@@ -688,7 +610,7 @@ pub async fn stats(
     let (Some(first), Some(last)) = (starts.first(), starts.last()) else {
         return Ok(Vec::new());
     };
-    let width = bucket_seconds(bucket);
+    let width = bucket.seconds();
     let rows: Vec<(i64, i64, i64, i64, i64)> = sqlx::query_as(
         "SELECT minute - (minute % ?1) AS start, sum(decisions_allow), sum(decisions_deny), \
          sum(decisions_pending), sum(decisions_error) FROM audit_index_minutes \
@@ -699,24 +621,7 @@ pub async fn stats(
     .bind(last.unix_timestamp() + width)
     .fetch_all(pool)
     .await?;
-    let sparse = rows
-        .into_iter()
-        .map(|(start, allow, deny, pending, error)| {
-            let count = |value: i64| u64::try_from(value).unwrap_or(0);
-            (
-                start,
-                [count(allow), count(deny), count(pending), count(error)],
-            )
-        })
-        .collect();
-    Ok(dense_stats(&starts, &sparse))
-}
-
-pub(crate) fn bucket_seconds(bucket: StatsBucket) -> i64 {
-    match bucket {
-        StatsBucket::Hour => 3_600,
-        StatsBucket::Day => 86_400,
-    }
+    Ok(dense_stats(&starts, rows))
 }
 
 /// Verifies the checkpoints and the stored tree against the chain (see

@@ -30,8 +30,8 @@ use crate::{
     http::ApiError,
 };
 
-/// Who may load the console.
-const CONSOLE_ROLES: &[&str] = &["auditor"];
+/// Who may load the console: the auditors, whom the audit API it calls serves.
+const CONSOLE_ROLES: &[&str] = crate::http::audit::AUDITOR_ROLES;
 
 /// One embedded file of the page.
 struct Asset {

@@ -30,10 +30,8 @@
 //! constraints' own `match` and the `ValidatingWebhookConfiguration`'s `namespaceSelector`
 //! (Gatekeeper's `Config` exclusions have no counterpart here).
 
-use std::{
-    path::{Path, PathBuf},
-    sync::Arc,
-};
+use std::borrow::Cow;
+use std::{path::PathBuf, sync::Arc};
 
 use axum::{
     Extension, Json,
@@ -43,7 +41,10 @@ use axum::{
 };
 use bytes::Bytes;
 use countersign_audit::{NewRecord, Outcome, RecordKind};
-use countersign_gatekeeper::{EnforcementAction, PolicySet, Review, ReviewOutcome};
+use countersign_gatekeeper::{
+    EnforcementAction, PolicySet, Review, ReviewOutcome,
+    load::{PolicyFile, read_policy_files},
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -90,11 +91,6 @@ pub enum AdmissionLoadError {
         "no Constraint found under {paths}: a webhook without constraints would allow everything"
     )]
     NoConstraints { paths: String },
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
     #[error("loading the admission policies failed: {0}")]
     Task(String),
 }
@@ -103,13 +99,15 @@ impl AdmissionPolicies {
     /// Loads and compiles `[admission] policies`. CPU work (Rego compiles): call it on a
     /// blocking thread.
     pub fn load(config: &AdmissionConfig) -> Result<AdmissionPolicies, AdmissionLoadError> {
-        let policy_set = PolicySet::load_paths(&config.policies)?;
+        // One read of the files: the revision covers exactly the text the set compiled.
+        let files = read_policy_files(&config.policies)?;
+        let policy_set = PolicySet::load_files(&files)?;
         if policy_set.constraints().next().is_none() {
             return Err(AdmissionLoadError::NoConstraints {
                 paths: display_paths(&config.policies),
             });
         }
-        let revision = policy_files_revision(&config.policies)?;
+        let revision = policy_files_revision(&files);
         let referential_kinds: Vec<&str> = policy_set
             .templates()
             .filter(|template| template.is_referential())
@@ -175,68 +173,20 @@ fn display_paths(paths: &[PathBuf]) -> String {
         .join(", ")
 }
 
-/// A digest of every YAML/JSON file under `paths` (paths relative to their configured root,
-/// so replicas with different mount points agree), in sorted order. Names starting with `.`
-/// are skipped, as a Kubernetes ConfigMap volume's `..data` links would otherwise count
-/// every file twice.
-fn policy_files_revision(paths: &[PathBuf]) -> Result<String, AdmissionLoadError> {
-    /// Directory levels followed (a bound against symlink loops).
-    const DIRECTORY_DEPTH_MAX: usize = 32;
-    fn collect(
-        root: &Path,
-        path: &Path,
-        depth: usize,
-        files: &mut Vec<PathBuf>,
-    ) -> std::io::Result<()> {
-        if path.is_dir() {
-            if depth > DIRECTORY_DEPTH_MAX {
-                return Err(std::io::Error::other(format!(
-                    "more than {DIRECTORY_DEPTH_MAX} directory levels"
-                )));
-            }
-            let mut entries = std::fs::read_dir(path)?
-                .map(|entry| entry.map(|entry| entry.path()))
-                .collect::<std::io::Result<Vec<_>>>()?;
-            entries.sort();
-            for entry in entries {
-                let hidden = entry
-                    .file_name()
-                    .is_some_and(|name| name.to_string_lossy().starts_with('.'));
-                if !hidden {
-                    collect(root, &entry, depth + 1, files)?;
-                }
-            }
-        } else if path == root
-            || path
-                .extension()
-                .and_then(|extension| extension.to_str())
-                .is_some_and(|extension| matches!(extension, "yaml" | "yml" | "json"))
-        {
-            files.push(path.to_owned());
-        }
-        Ok(())
-    }
+/// A digest of the policy files the set was loaded from, in load order, each by its path
+/// relative to its configured root (so replicas with different mount points agree) and its
+/// bytes. The crate's walk decides which files those are (hidden names, such as a ConfigMap
+/// volume's `..data` links, are skipped).
+fn policy_files_revision(files: &[PolicyFile]) -> String {
     let mut hasher = Sha256::new();
-    for root in paths {
-        let mut files = Vec::new();
-        collect(root, root, 0, &mut files).map_err(|source| AdmissionLoadError::Read {
-            path: root.clone(),
-            source,
-        })?;
-        for file in files {
-            let bytes = std::fs::read(&file).map_err(|source| AdmissionLoadError::Read {
-                path: file.clone(),
-                source,
-            })?;
-            let relative = file.strip_prefix(root).unwrap_or(&file);
-            hasher.update(relative.to_string_lossy().as_bytes());
-            hasher.update([0]);
-            hasher.update((bytes.len() as u64).to_be_bytes());
-            hasher.update(&bytes);
-        }
+    for file in files {
+        hasher.update(file.relative_path.to_string_lossy().as_bytes());
+        hasher.update([0]);
+        hasher.update((file.text.len() as u64).to_be_bytes());
+        hasher.update(file.text.as_bytes());
     }
     let digest = hasher.finalize();
-    Ok(format!("sha256:{}", hex::encode(&digest[..8])))
+    format!("sha256:{}", hex::encode(&digest[..8]))
 }
 
 /// The `AdmissionReview` versions the API server may send (`admissionReviewVersions`).
@@ -654,20 +604,16 @@ pub async fn review(
 
     // The record before the answer: no record, no answer (503).
     let record_id = Uuid::now_v7();
-    // Without a keyring nothing is sealed: spare the copy of a review of up to 1 MiB.
-    let sealed_input = match state.keyring {
-        Some(_) => super::reveal::seal_input(
-            &state,
-            record_id,
-            &sealed_request(&document, &request),
-            &[],
-        )
-        .map_err(|error| {
-            tracing::error!(%decision_id, error = %error, "cannot seal the admission request; not answering");
-            ApiError::from(error)
-        })?,
-        None => None,
-    };
+    let sealed_input = super::reveal::seal_input(
+        &state,
+        record_id,
+        || Cow::Owned(sealed_request(&document, &request)),
+        &[],
+    )
+    .map_err(|error| {
+        tracing::error!(%decision_id, error = %error, "cannot seal the admission request; not answering");
+        ApiError::from(error)
+    })?;
     let engine = state.policy.load_full();
     let masked = mask_decision(
         &engine,
@@ -887,11 +833,14 @@ mod tests {
 
     #[test]
     fn the_revision_covers_policy_files_only_and_ignores_configmap_links() {
+        let revision_of = |root: &PathBuf| {
+            policy_files_revision(&read_policy_files(std::slice::from_ref(root)).unwrap())
+        };
         let directory = tempfile::TempDir::new().unwrap();
         let root = directory.path().join("policies");
         std::fs::create_dir_all(root.join("a")).unwrap();
         std::fs::write(root.join("a/template.yaml"), "kind: ConstraintTemplate\n").unwrap();
-        let first = policy_files_revision(std::slice::from_ref(&root)).unwrap();
+        let first = revision_of(&root);
         assert!(
             first.starts_with("sha256:") && first.len() == 7 + 16,
             "{first}"
@@ -899,18 +848,12 @@ mod tests {
         std::fs::write(root.join("README.md"), "not a policy").unwrap();
         std::fs::create_dir_all(root.join("..data")).unwrap();
         std::fs::write(root.join("..data/template.yaml"), "a copy").unwrap();
-        assert_eq!(
-            policy_files_revision(std::slice::from_ref(&root)).unwrap(),
-            first
-        );
+        assert_eq!(revision_of(&root), first);
         std::fs::write(
             root.join("a/template.yaml"),
             "kind: ConstraintTemplate # changed\n",
         )
         .unwrap();
-        assert_ne!(
-            policy_files_revision(std::slice::from_ref(&root)).unwrap(),
-            first
-        );
+        assert_ne!(revision_of(&root), first);
     }
 }

@@ -290,6 +290,39 @@ async fn audited(
             )
         }
     };
+    // Decided by the gateway's role rule, not by a policy bundle.
+    let appended = append_access_record(
+        state,
+        caller,
+        action,
+        request,
+        result,
+        outcome,
+        NO_POLICY_BUNDLE.to_owned(),
+    )
+    .await;
+    if let Err(error) = appended {
+        tracing::error!(action, error = %error, "audit workspace call could not be audited; answering nothing");
+        return Err(WorkspaceError::NotAudited(error.to_string()).into());
+    }
+    match answer {
+        Ok((response, _)) => Ok(response),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Appends the record of one look at the audit trail (a workspace call, an export, a
+/// reveal), then counts it: kind decision, subject = the caller, no sealed input (what was
+/// shown is never stored again). Each caller says what a failed append means for its answer.
+pub(super) async fn append_access_record(
+    state: &AppState,
+    caller: &Caller,
+    action: &str,
+    masked_input: Value,
+    result: Value,
+    outcome: Outcome,
+    bundle_revision: String,
+) -> Result<(), countersign_ledger::LedgerError> {
     let record = NewRecord {
         record_id: Uuid::now_v7(),
         kind: RecordKind::Decision,
@@ -298,23 +331,16 @@ async fn audited(
         subject: subject_of(caller),
         source_address: caller.remote_address.to_string(),
         action: action.to_owned(),
-        masked_input: request,
+        masked_input,
         result,
-        // Decided by the gateway's role rule, not by a policy bundle.
-        bundle_revision: NO_POLICY_BUNDLE.to_owned(),
+        bundle_revision,
         outcome,
         redaction: Default::default(),
         sealed_input: None,
     };
-    if let Err(error) = state.store.append_audit(vec![record]).await {
-        tracing::error!(action, error = %error, "audit workspace call could not be audited; answering nothing");
-        return Err(WorkspaceError::NotAudited(error.to_string()).into());
-    }
+    state.store.append_audit(vec![record]).await?;
     state.metrics.record_decision(action, outcome.as_str(), &[]);
-    match answer {
-        Ok((response, _)) => Ok(response),
-        Err(error) => Err(error.into()),
-    }
+    Ok(())
 }
 
 const RECORDS_PARAMETERS: &[&str] = &[
@@ -524,7 +550,7 @@ fn parse_records_query(
 }
 
 /// Fetches the nodes `ids` and builds a proof with `build`.
-async fn with_nodes<T>(
+pub(super) async fn with_nodes<T>(
     state: &AppState,
     ids: Vec<merkle::NodeId>,
     build: impl FnOnce(
@@ -770,22 +796,19 @@ pub async fn stats(
         if to <= from {
             return Err(WorkspaceError::invalid("to", "must be after from"));
         }
-        let rows =
-            state
-                .store
-                .audit_stats(from, to, bucket)
-                .await
-                .map_err(|error| match error {
-                    countersign_ledger::LedgerError::Audit(audit) => match &*audit {
-                        countersign_audit::AuditError::InvalidQuery { parameter, message } => {
-                            WorkspaceError::invalid(parameter, message.clone())
-                        }
-                        _ => WorkspaceError::Store(countersign_ledger::LedgerError::Audit(
-                            audit.clone(),
-                        )),
-                    },
-                    other => WorkspaceError::Store(other),
-                })?;
+        let rows = state
+            .store
+            .audit_stats(from, to, bucket)
+            .await
+            .map_err(|error| {
+                if let countersign_ledger::LedgerError::Audit(audit) = &error
+                    && let countersign_audit::AuditError::InvalidQuery { parameter, message } =
+                        &**audit
+                {
+                    return WorkspaceError::invalid(parameter, message.clone());
+                }
+                WorkspaceError::Store(error)
+            })?;
         let buckets = rows.len();
         Ok((
             Json(json!({"buckets": rows})).into_response(),

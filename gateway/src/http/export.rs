@@ -41,7 +41,7 @@ use axum::{
 };
 use bytes::Bytes;
 use countersign_audit::{
-    NewRecord, Outcome, RecordKind, SealedRecord,
+    Outcome, SealedRecord,
     checkpoint::{Checkpoint, CheckpointSigner},
     encoding::parse_timestamp,
     export::{ExportHeader, ExportWriter},
@@ -53,15 +53,16 @@ use serde::Deserialize;
 use serde_json::json;
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
-use uuid::Uuid;
 
 use countersign_ledger::NO_POLICY_BUNDLE;
 
-use super::{ApiError, transfers::subject_of};
+use super::{
+    ApiError,
+    audit::{AUDITOR_ROLES, append_access_record, with_nodes},
+};
 use crate::app::{AppState, Caller};
 
 pub const ACTION_AUDIT_EXPORT: &str = "audit.export";
-const AUDITOR_ROLES: &[&str] = &["auditor"];
 
 /// Most records one export request may cover. At about 1 KB per record that is ~10 GB and a
 /// few minutes of streaming; it bounds how long one response holds a connection and a reader.
@@ -178,32 +179,24 @@ pub async fn export(
             )
         }
     };
-    let record = NewRecord {
-        record_id: Uuid::now_v7(),
-        kind: RecordKind::Decision,
-        decision_id: Uuid::now_v7(),
-        timestamp: OffsetDateTime::now_utc(),
-        subject: subject_of(&caller),
-        source_address: caller.remote_address.to_string(),
-        action: ACTION_AUDIT_EXPORT.to_owned(),
-        masked_input: request.clone(),
+    // Decided by the gateway's role rule, not by a policy bundle.
+    let appended = append_access_record(
+        &state,
+        &caller,
+        ACTION_AUDIT_EXPORT,
+        request.clone(),
         result,
-        // Decided by the gateway's role rule, not by a policy bundle.
-        bundle_revision: NO_POLICY_BUNDLE.to_owned(),
         outcome,
-        redaction: Default::default(),
-        sealed_input: None,
-    };
-    if let Err(error) = state.store.append_audit(vec![record]).await {
+        NO_POLICY_BUNDLE.to_owned(),
+    )
+    .await;
+    if let Err(error) = appended {
         tracing::error!(error = %error, "audit export could not be audited; sending nothing");
         return Err(ApiError::Unavailable {
             code: "audit.unavailable",
             message: "the export could not be recorded in the audit trail; nothing was sent".into(),
         });
     }
-    state
-        .metrics
-        .record_decision(ACTION_AUDIT_EXPORT, outcome.as_str(), &[]);
     let prepared = prepared?;
     let Range { first, last } = prepared.range;
     let records = last - first + 1;
@@ -268,12 +261,17 @@ async fn prepare(
         .as_deref()
         .map(|text| parse_bound("to", text))
         .transpose()?;
-    let signer = checkpoint_signer(state).ok_or_else(|| ApiError::Conflict {
-        code: "export.signing_key_missing",
-        message: "no checkpoint signing key is configured ([audit.checkpoints] signing_key_file); \
+    let signer = state
+        .checkpoint_signer
+        .get()
+        .cloned()
+        .ok_or_else(|| ApiError::Conflict {
+            code: "export.signing_key_missing",
+            message:
+                "no checkpoint signing key is configured ([audit.checkpoints] signing_key_file); \
                   an export cannot be verified without a signed checkpoint"
-            .into(),
-    })?;
+                    .into(),
+        })?;
     let range = resolve_range(state, from, to).await?;
     let records = range.last - range.first + 1;
     if records > EXPORT_RECORDS_MAX {
@@ -296,11 +294,6 @@ async fn prepare(
         frontier,
         proof,
     })
-}
-
-/// The signer the gateway checkpoints with, if one is configured.
-fn checkpoint_signer(state: &AppState) -> Option<Arc<CheckpointSigner>> {
-    state.checkpoint_signer.get().cloned()
 }
 
 fn empty_range() -> ApiError {
@@ -430,13 +423,12 @@ async fn consistency(
     if old_size == new_size {
         return Ok(Vec::new());
     }
-    let ids = merkle::consistency_node_ids(old_size, new_size);
-    let nodes = state.store.merkle_nodes(&ids).await?;
-    merkle::consistency_proof(old_size, new_size, &|id| nodes.get(&id).copied()).map_err(|error| {
-        ApiError::Internal {
-            message: format!("consistency proof {old_size} -> {new_size}: {error}"),
-        }
-    })
+    Ok(with_nodes(
+        state,
+        merkle::consistency_node_ids(old_size, new_size),
+        |node| merkle::consistency_proof(old_size, new_size, node),
+    )
+    .await?)
 }
 
 fn missing_node(id: merkle::NodeId) -> ApiError {

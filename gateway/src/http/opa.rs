@@ -4,6 +4,7 @@
 //! `policy_client` role; every answer is audited like a transfer decision, and if the audit
 //! trail cannot take the record the caller gets 503 and no answer (fail closed).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::policy::mask::mask_decision;
@@ -103,7 +104,7 @@ pub async fn data(
     let sealed_input = super::reveal::seal_input(
         &state,
         record_id,
-        request.input.as_ref().unwrap_or(&Value::Null),
+        || Cow::Borrowed(request.input.as_ref().unwrap_or(&Value::Null)),
         &[],
     )
     .map_err(|error| {

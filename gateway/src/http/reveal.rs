@@ -20,6 +20,7 @@
 //! `{allowed, reason}`) **before** the answer is sent; if that append fails the caller gets
 //! 503 and nothing is revealed. The revealed input itself is never written anywhere.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use axum::{
@@ -29,14 +30,13 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use countersign_audit::{
-    EnvelopeError, Keyring, NewRecord, Outcome, RecordKind, SealedInput, inputs::InputLookup,
+    AuditError, EnvelopeError, Keyring, Outcome, SealedInput, inputs::InputLookup,
 };
-use countersign_ledger::{Reason, Store};
+use countersign_ledger::{LedgerError, Reason, Store};
 use serde_json::{Value, json};
-use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{ApiError, transfers::Decided, transfers::subject_of};
+use super::{ApiError, audit::append_access_record, transfers::Decided};
 use crate::app::{AppState, Caller};
 
 pub const ACTION_REVEAL: &str = "audit.reveal";
@@ -54,16 +54,18 @@ pub const REASON_ENCRYPTION_FAILED: &str = "audit.encryption_failed";
 #[error("the policy input could not be sealed: {0}")]
 pub struct SealFailed(#[from] pub EnvelopeError);
 
-/// Seals `input` for `record_id` when encryption is configured (`Ok(None)` when it is not).
+/// Seals the input `input()` gives for `record_id` when encryption is configured (`Ok(None)`
+/// when it is not: then `input` is not called, so a caller that seals a derived copy — the
+/// proxy's redacted input, the admission request — builds it only when it is sealed).
 /// `account_ids` are the accounts the input is about (a transfer's debit and credit).
-pub fn seal_input(
+pub fn seal_input<'a>(
     state: &AppState,
     record_id: Uuid,
-    input: &Value,
+    input: impl FnOnce() -> Cow<'a, Value>,
     account_ids: &[&str],
 ) -> Result<Option<SealedInput>, SealFailed> {
     match &state.keyring {
-        Some(keyring) => Ok(Some(keyring.seal(record_id, input, account_ids)?)),
+        Some(keyring) => Ok(Some(keyring.seal(record_id, &input(), account_ids)?)),
         None => Ok(None),
     }
 }
@@ -78,7 +80,7 @@ pub fn seal_decision(
     account_ids: &[&str],
     decided: Decided,
 ) -> (Decided, Option<SealedInput>) {
-    match seal_input(state, record_id, input, account_ids) {
+    match seal_input(state, record_id, || Cow::Borrowed(input), account_ids) {
         Ok(sealed) => (decided, sealed),
         Err(error) => {
             tracing::error!(%record_id, error = %error, "cannot seal the policy input; denying");
@@ -183,29 +185,21 @@ pub async fn reveal(
         }
     };
     let requested_shown: String = requested.chars().take(REQUESTED_ID_CHARS_MAX).collect();
-    let record = NewRecord {
-        record_id: Uuid::now_v7(),
-        kind: RecordKind::Decision,
-        decision_id: Uuid::now_v7(),
-        timestamp: OffsetDateTime::now_utc(),
-        subject: subject_of(&caller),
-        source_address: caller.remote_address.to_string(),
-        action: ACTION_REVEAL.to_owned(),
-        masked_input: json!({"record_id": requested_shown}),
+    // The revealed input is shown once, to this caller; the record never stores it again.
+    let appended = append_access_record(
+        &state,
+        &caller,
+        ACTION_REVEAL,
+        json!({"record_id": requested_shown}),
         result,
-        bundle_revision: state.policy.load().revision().to_owned(),
         outcome,
-        redaction: Default::default(),
-        // The revealed input is shown once, to this caller; it is never stored again.
-        sealed_input: None,
-    };
-    if let Err(error) = state.store.append_audit(vec![record]).await {
+        state.policy.load().revision().to_owned(),
+    )
+    .await;
+    if let Err(error) = appended {
         tracing::error!(requested = %requested_shown, error = %error, "reveal could not be audited; revealing nothing");
         return Err(RevealError::NotAudited(error.to_string()).into());
     }
-    state
-        .metrics
-        .record_decision(ACTION_REVEAL, outcome.as_str(), &[]);
     let revealed = attempt?;
     tracing::info!(record_id = %revealed.record_id, kek_id = %revealed.kek_id, "input revealed");
     let mut response = Json(json!({
@@ -259,28 +253,19 @@ async fn open_record(
 
 /// Reads the sealed input through the store's read pool (the audit crate owns the SQL).
 async fn lookup(store: &Store, record_id: Uuid) -> Result<InputLookup, RevealError> {
-    let store_error = |error: &dyn std::fmt::Display| RevealError::Store(error.to_string());
-    let found = match store {
-        Store::Sqlite(sqlite) => {
-            let mut connection = sqlite.pool().acquire().await.map_err(|e| store_error(&e))?;
-            countersign_audit::inputs::lookup_sqlite(&mut connection, record_id).await
-        }
-        Store::Postgres(postgres) => {
-            let mut connection = postgres
-                .pool()
-                .acquire()
-                .await
-                .map_err(|e| store_error(&e))?;
-            countersign_audit::inputs::lookup_postgres(&mut connection, record_id).await
-        }
-    };
-    found.map_err(|error| match error {
-        countersign_audit::AuditError::CorruptInput { record_id, reason } => {
-            RevealError::Unreadable {
-                record_id,
-                message: reason,
-            }
-        }
-        other => store_error(&other),
-    })
+    store
+        .audit_input(record_id)
+        .await
+        .map_err(|error| match error {
+            LedgerError::Audit(audit) => match &*audit {
+                AuditError::CorruptInput { record_id, reason } => RevealError::Unreadable {
+                    record_id: *record_id,
+                    message: reason.clone(),
+                },
+                other => RevealError::Store(other.to_string()),
+            },
+            // A read, not an append: name the database's error, not the ledger's wrapper.
+            LedgerError::Storage(database) => RevealError::Store(database.to_string()),
+            other => RevealError::Store(other.to_string()),
+        })
 }

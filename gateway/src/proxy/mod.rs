@@ -19,6 +19,7 @@
 mod forward;
 mod input;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use crate::policy::mask::mask_decision;
@@ -157,9 +158,13 @@ async fn decide_and_audit(
     // its secret headers redacted even there: credentials are not evidence. A record that
     // cannot be complete is not written, and the request is not forwarded (503).
     let record_id = Uuid::now_v7();
-    let sealed_input =
-        crate::http::reveal::seal_input(state, record_id, &input::mask(input.clone()), &[])
-            .map_err(|error| {
+    let sealed_input = crate::http::reveal::seal_input(
+        state,
+        record_id,
+        || Cow::Owned(input::mask(input.clone())),
+        &[],
+    )
+    .map_err(|error| {
                 tracing::error!(route = %route.config.name, %decision_id, error = %error, "cannot seal the proxy input; not forwarding");
                 ApiError::from(error)
             })?;

@@ -10,6 +10,7 @@ use countersign_audit::checkpoint::{Checkpoint, CheckpointSigner, CheckpointVeri
 use countersign_audit::index::{
     self, AuditQuery, CheckpointsReport, IndexStep, StatsBucket, StatsRow,
 };
+use countersign_audit::inputs::{self, InputLookup};
 use countersign_audit::merkle::{Hash, NodeId};
 use countersign_audit::{ChainHead, NewRecord, OutboxItem, SealedRecord};
 use time::{Date, OffsetDateTime};
@@ -255,6 +256,20 @@ impl Store {
         Ok(match self {
             Store::Sqlite(store) => index::sqlite::record(store.pool(), record_id).await?,
             Store::Postgres(store) => index::postgres::record(store.pool(), record_id).await?,
+        })
+    }
+
+    /// The sealed (encrypted) input stored with `record_id`, if any (`[audit.encryption]`).
+    pub async fn audit_input(&self, record_id: Uuid) -> Result<InputLookup, LedgerError> {
+        Ok(match self {
+            Store::Sqlite(store) => {
+                let mut connection = store.pool().acquire().await?;
+                inputs::lookup_sqlite(&mut connection, record_id).await?
+            }
+            Store::Postgres(store) => {
+                let mut connection = store.pool().acquire().await?;
+                inputs::lookup_postgres(&mut connection, record_id).await?
+            }
         })
     }
 

@@ -354,35 +354,37 @@ impl SqliteStore {
         }
     }
 
-    /// The indexer's write connection, connecting first if needed.
-    async fn indexer_connection<'g>(
+    /// Runs `work` on the indexer's write connection (connecting first if needed). A failure
+    /// drops the connection, so the next call starts on a fresh one.
+    async fn with_indexer<T>(
         &self,
-        slot: &'g mut Option<SqliteConnection>,
-    ) -> Result<&'g mut SqliteConnection, LedgerError> {
+        work: impl AsyncFnOnce(&mut SqliteConnection) -> Result<T, countersign_audit::AuditError>,
+    ) -> Result<T, LedgerError> {
+        let mut slot = self.indexer.lock().await;
         if slot.is_none() {
             *slot = Some(self.indexer_options.connect().await?);
         }
-        Ok(slot.as_mut().expect("connected above"))
-    }
-
-    /// One step of the auditors' workspace indexer (see `countersign_audit::index`). A failed
-    /// step drops the indexer's connection, so the next one starts on a fresh one.
-    pub async fn audit_index_step(
-        &self,
-        batch_records_max: u32,
-    ) -> Result<countersign_audit::index::IndexStep, LedgerError> {
-        let mut slot = self.indexer.lock().await;
-        let connection = self.indexer_connection(&mut slot).await?;
-        let result = countersign_audit::index::sqlite::index_step(
-            connection,
-            batch_records_max,
-            crate::store::currency_exponent,
-        )
-        .await;
+        let result = work(slot.as_mut().expect("connected above")).await;
         if result.is_err() {
             *slot = None;
         }
         Ok(result?)
+    }
+
+    /// One step of the auditors' workspace indexer (see `countersign_audit::index`).
+    pub async fn audit_index_step(
+        &self,
+        batch_records_max: u32,
+    ) -> Result<countersign_audit::index::IndexStep, LedgerError> {
+        self.with_indexer(async |connection| {
+            countersign_audit::index::sqlite::index_step(
+                connection,
+                batch_records_max,
+                crate::store::currency_exponent,
+            )
+            .await
+        })
+        .await
     }
 
     /// Signs and stores a checkpoint at the current tree size (the stored one if it exists).
@@ -390,18 +392,15 @@ impl SqliteStore {
         &self,
         signer: &countersign_audit::checkpoint::CheckpointSigner,
     ) -> Result<Option<countersign_audit::checkpoint::Checkpoint>, LedgerError> {
-        let mut slot = self.indexer.lock().await;
-        let connection = self.indexer_connection(&mut slot).await?;
-        let result = countersign_audit::index::sqlite::write_checkpoint(
-            connection,
-            signer,
-            time::OffsetDateTime::now_utc(),
-        )
-        .await;
-        if result.is_err() {
-            *slot = None;
-        }
-        Ok(result?)
+        self.with_indexer(async |connection| {
+            countersign_audit::index::sqlite::write_checkpoint(
+                connection,
+                signer,
+                time::OffsetDateTime::now_utc(),
+            )
+            .await
+        })
+        .await
     }
 
     pub fn limits(&self) -> &StoreLimits {
