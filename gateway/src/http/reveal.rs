@@ -84,29 +84,16 @@ pub fn seal_decision(
         Ok(sealed) => (decided, sealed),
         Err(error) => {
             tracing::error!(%record_id, error = %error, "cannot seal the policy input; denying");
-            let reasons = vec![Reason {
+            let reason = Reason {
                 code: REASON_ENCRYPTION_FAILED.to_owned(),
                 message: format!(
                     "the input could not be encrypted for the audit trail: {}",
                     error.0
                 ),
-            }];
-            let result = json!({
-                "allow": false,
-                "reasons": &reasons,
-                "error": error.0.to_string(),
-                "policy_result": decided.result,
-            });
-            (
-                Decided {
-                    allow: false,
-                    reasons,
-                    approval: None,
-                    outcome: Outcome::Error,
-                    result,
-                },
-                None,
-            )
+            };
+            let mut refused = Decided::fail_closed(reason, error.0.to_string());
+            refused.result["policy_result"] = decided.result;
+            (refused, None)
         }
     }
 }

@@ -804,6 +804,22 @@ pub struct Decided {
     pub result: Value,
 }
 
+impl Decided {
+    /// A fail-closed deny (outcome `error`) for one reason; its result is
+    /// `{allow: false, reasons, error}`.
+    pub fn fail_closed(reason: Reason, error: String) -> Decided {
+        let reasons = vec![reason];
+        let result = json!({"allow": false, "reasons": &reasons, "error": error});
+        Decided {
+            allow: false,
+            reasons,
+            approval: None,
+            outcome: Outcome::Error,
+            result,
+        }
+    }
+}
+
 /// Evaluates a decision document (`{allow, reasons, obligations}`) and fails closed: an
 /// evaluation error, a timeout, an undefined or malformed document, or an obligation the
 /// path does not honour is a deny with outcome `error`. Records the evaluation time and the
@@ -841,20 +857,13 @@ pub fn decide_fail_closed(
         },
         Err((code, message)) => {
             tracing::warn!(error = %message, code, action, "policy evaluation failed; denying");
-            let reasons = vec![Reason {
+            let reason = Reason {
                 code: code.to_owned(),
                 message: format!(
                     "policy could not decide, {subject_of_refusal} refused: {message}"
                 ),
-            }];
-            let result = json!({"allow": false, "reasons": &reasons, "error": message});
-            Decided {
-                allow: false,
-                reasons,
-                approval: None,
-                outcome: Outcome::Error,
-                result,
-            }
+            };
+            Decided::fail_closed(reason, message)
         }
     };
     state.metrics.record_decision(
@@ -990,6 +999,30 @@ mod tests {
     use time::macros::datetime;
 
     use super::*;
+
+    #[test]
+    fn a_fail_closed_decision_is_a_deny_with_outcome_error_and_its_one_reason() {
+        let reason = Reason {
+            code: "policy.error".to_owned(),
+            message: "policy could not decide, transfer refused: timeout".to_owned(),
+        };
+        let decided = Decided::fail_closed(reason, "timeout".to_owned());
+        assert!(!decided.allow);
+        assert!(decided.approval.is_none());
+        assert_eq!(decided.outcome, Outcome::Error);
+        assert_eq!(
+            reason_codes(&decided.reasons),
+            vec!["policy.error".to_owned()]
+        );
+        assert_eq!(
+            decided.result,
+            json!({
+                "allow": false,
+                "reasons": [{"code": "policy.error", "message": "policy could not decide, transfer refused: timeout"}],
+                "error": "timeout",
+            })
+        );
+    }
 
     fn approval(approvals_required: Value, approver_roles: Value) -> Value {
         json!({
